@@ -1,0 +1,1 @@
+//! toolmesh: the control plane.

@@ -1,0 +1,2 @@
+//! `toolmesh` binary entry point.
+fn main() {}

@@ -1,0 +1,1 @@
+//! toolmesh-filter: the MCP policy engine that runs inside Envoy.

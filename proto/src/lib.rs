@@ -1,0 +1,366 @@
+//! The wire contract between the toolmesh control plane and the toolmesh Envoy filter.
+//!
+//! The control plane compiles its catalog (MCP servers, virtual servers, tokens) into one
+//! [`PolicySnapshot`] and hands it to Envoy as the wasm plugin's configuration (a
+//! `google.protobuf.StringValue` holding this JSON, delivered by ECDS). The filter parses it once
+//! in `on_configure`, validates it with [`PolicySnapshot::validate`], and indexes it for lookups.
+//!
+//! Why JSON rather than protobuf: the plugin configuration reaches the wasm VM as raw bytes, the
+//! filter already carries `serde_json` to parse MCP bodies, and a JSON snapshot is readable in
+//! Envoy's `/config_dump`. The schema is versioned by [`SCHEMA_VERSION`]; a filter refuses a
+//! snapshot of a schema it does not know, so Envoy NACKs it and keeps the last good one.
+//!
+//! The serialized form is pinned by a golden test (`tests/golden.rs`).
+
+use serde::{Deserialize, Serialize};
+
+/// The snapshot schema this crate reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Default cap on a buffered JSON-RPC request body (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u32 = 1024 * 1024;
+
+/// Everything the filter needs to enforce the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySnapshot {
+    /// Must equal [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The catalog version this snapshot was compiled from (opaque; echoed in logs and stats).
+    pub catalog_version: String,
+    /// Limits that apply to every virtual server.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The virtual servers, served at `/servers/{name}/mcp`.
+    #[serde(default)]
+    pub virtual_servers: Vec<VirtualServer>,
+    /// Token ids (JWT `jti`) that are revoked before their expiry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_token_ids: Vec<String>,
+}
+
+/// Limits on what the filter accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest JSON-RPC request body the filter buffers and parses; larger bodies are refused.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u32,
+}
+
+fn default_max_body_bytes() -> u32 {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// A curated set of tools, prompts and resources from one or many MCP servers, exposed as one
+/// MCP endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualServer {
+    /// URL-safe slug; the endpoint is `/servers/{name}/mcp`.
+    pub name: String,
+    /// The upstream MCP servers this virtual server draws from, each with what it may use.
+    pub members: Vec<Member>,
+}
+
+/// One upstream MCP server's contribution to a virtual server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// The MCP server's catalog name (a slug); used as the `mcp_server` stats label.
+    pub mcp_server: String,
+    /// The Envoy cluster that reaches this MCP server.
+    pub cluster: String,
+    /// The HTTP path of the MCP endpoint on the upstream (for example `/mcp`).
+    pub path: String,
+    /// Allowed tools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<NamedItem>,
+    /// Allowed prompts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<NamedItem>,
+    /// Allowed static resources, by exact URI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<ResourceItem>,
+    /// Allowed resource templates (RFC 6570 level-1 `{var}` expressions); a URI that matches the
+    /// template is allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_templates: Vec<ResourceTemplateItem>,
+}
+
+/// A tool or prompt: the name the virtual server exposes and the name the upstream knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedItem {
+    /// The name clients see and call.
+    pub name: String,
+    /// The upstream's own name; equals `name` unless the item is renamed.
+    pub upstream_name: String,
+}
+
+/// An allowed static resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceItem {
+    /// The resource URI (exposed unchanged).
+    pub uri: String,
+}
+
+/// An allowed resource template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceTemplateItem {
+    /// The URI template, for example `test://template/{id}/data`.
+    pub uri_template: String,
+}
+
+/// Why a snapshot was rejected. Each variant names the offending item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The bytes are not a snapshot.
+    #[error("policy is not valid JSON for schema {SCHEMA_VERSION}: {0}")]
+    Parse(String),
+    /// The schema version is not one this build understands.
+    #[error("policy schema_version {found} is not supported (this build reads {SCHEMA_VERSION})")]
+    SchemaVersion {
+        /// The version found in the snapshot.
+        found: u32,
+    },
+    /// A name that must be a slug is not.
+    #[error(
+        "{field} {value:?} is not a valid slug (1-63 chars of a-z, 0-9, '-', '_', starting with a letter or digit)"
+    )]
+    BadSlug {
+        /// Which field, for example `virtual_servers[2].name`.
+        field: String,
+        /// The value found.
+        value: String,
+    },
+    /// A tool or prompt name is outside the MCP rules.
+    #[error(
+        "{field} {value:?} is not a valid MCP name (1-128 chars of A-Z, a-z, 0-9, '_', '-', '.', '/')"
+    )]
+    BadName {
+        /// Which field.
+        field: String,
+        /// The value found.
+        value: String,
+    },
+    /// Two items would be exposed under the same name in one virtual server.
+    #[error("virtual server {virtual_server:?} exposes {kind} {name:?} twice")]
+    Duplicate {
+        /// The virtual server.
+        virtual_server: String,
+        /// `tool`, `prompt`, `resource`, `resource template` or `virtual server`.
+        kind: &'static str,
+        /// The duplicated exposed name.
+        name: String,
+    },
+    /// A field that must not be empty is empty or malformed.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Which field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Is `s` a slug: 1-63 characters of `a-z0-9-_`, starting with a letter or digit.
+///
+/// Slugs appear in URLs (`/servers/{name}/mcp`) and in Envoy stat names, which must not contain
+/// `.`.
+pub fn is_slug(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+/// Is `s` a valid MCP tool or prompt name.
+///
+/// The MCP specification (2025-11-25, "Tool names") says names SHOULD be 1-128 characters of
+/// ASCII letters, digits, `_`, `-` and `.`; we also accept `/`, which servers use for namespaces.
+pub fn is_mcp_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'/'))
+}
+
+impl PolicySnapshot {
+    /// An empty snapshot (no virtual servers: every request is refused).
+    pub fn empty(catalog_version: impl Into<String>) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            catalog_version: catalog_version.into(),
+            limits: Limits::default(),
+            virtual_servers: Vec::new(),
+            revoked_token_ids: Vec::new(),
+        }
+    }
+
+    /// Parse and validate a snapshot from its JSON bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, PolicyError> {
+        // Read the schema version first so an unknown schema gets the precise error.
+        #[derive(Deserialize)]
+        struct Probe {
+            schema_version: Option<u32>,
+        }
+        if let Ok(Probe {
+            schema_version: Some(v),
+        }) = serde_json::from_slice::<Probe>(bytes)
+            && v != SCHEMA_VERSION
+        {
+            return Err(PolicyError::SchemaVersion { found: v });
+        }
+        let snapshot: Self =
+            serde_json::from_slice(bytes).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        snapshot.validate()?;
+        Ok(snapshot)
+    }
+
+    /// Serialize to the canonical JSON form.
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of strings and integers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Check every rule a filter relies on; the error names the first offending field.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(PolicyError::SchemaVersion {
+                found: self.schema_version,
+            });
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err(PolicyError::Invalid {
+                field: "limits.max_body_bytes".into(),
+                reason: "must be greater than 0".into(),
+            });
+        }
+        let mut vs_names = std::collections::HashSet::new();
+        for (i, vs) in self.virtual_servers.iter().enumerate() {
+            if !is_slug(&vs.name) {
+                return Err(PolicyError::BadSlug {
+                    field: format!("virtual_servers[{i}].name"),
+                    value: vs.name.clone(),
+                });
+            }
+            if !vs_names.insert(vs.name.as_str()) {
+                return Err(PolicyError::Duplicate {
+                    virtual_server: vs.name.clone(),
+                    kind: "virtual server",
+                    name: vs.name.clone(),
+                });
+            }
+            vs.validate(i)?;
+        }
+        Ok(())
+    }
+}
+
+impl VirtualServer {
+    fn validate(&self, i: usize) -> Result<(), PolicyError> {
+        use std::collections::HashSet;
+        let (mut tools, mut prompts, mut resources, mut templates) = (
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+        );
+        let mut mcp_servers = HashSet::new();
+        for (j, m) in self.members.iter().enumerate() {
+            let at = format!("virtual_servers[{i}].members[{j}]");
+            if !is_slug(&m.mcp_server) {
+                return Err(PolicyError::BadSlug {
+                    field: format!("{at}.mcp_server"),
+                    value: m.mcp_server.clone(),
+                });
+            }
+            if !mcp_servers.insert(m.mcp_server.as_str()) {
+                return Err(PolicyError::Invalid {
+                    field: format!("{at}.mcp_server"),
+                    reason: format!("{:?} is a member twice", m.mcp_server),
+                });
+            }
+            if m.cluster.is_empty() {
+                return Err(PolicyError::Invalid {
+                    field: format!("{at}.cluster"),
+                    reason: "must not be empty".into(),
+                });
+            }
+            if !m.path.starts_with('/') {
+                return Err(PolicyError::Invalid {
+                    field: format!("{at}.path"),
+                    reason: format!("{:?} must start with '/'", m.path),
+                });
+            }
+            for (kind, items, seen) in [
+                ("tool", &m.tools, &mut tools),
+                ("prompt", &m.prompts, &mut prompts),
+            ] {
+                for (k, item) in items.iter().enumerate() {
+                    for (field, value) in
+                        [("name", &item.name), ("upstream_name", &item.upstream_name)]
+                    {
+                        if !is_mcp_name(value) {
+                            return Err(PolicyError::BadName {
+                                field: format!("{at}.{kind}s[{k}].{field}"),
+                                value: value.clone(),
+                            });
+                        }
+                    }
+                    if !seen.insert(item.name.clone()) {
+                        return Err(PolicyError::Duplicate {
+                            virtual_server: self.name.clone(),
+                            kind,
+                            name: item.name.clone(),
+                        });
+                    }
+                }
+            }
+            for (k, r) in m.resources.iter().enumerate() {
+                if r.uri.is_empty() {
+                    return Err(PolicyError::Invalid {
+                        field: format!("{at}.resources[{k}].uri"),
+                        reason: "must not be empty".into(),
+                    });
+                }
+                if !resources.insert(r.uri.clone()) {
+                    return Err(PolicyError::Duplicate {
+                        virtual_server: self.name.clone(),
+                        kind: "resource",
+                        name: r.uri.clone(),
+                    });
+                }
+            }
+            for (k, t) in m.resource_templates.iter().enumerate() {
+                if t.uri_template.is_empty() {
+                    return Err(PolicyError::Invalid {
+                        field: format!("{at}.resource_templates[{k}].uri_template"),
+                        reason: "must not be empty".into(),
+                    });
+                }
+                if !templates.insert(t.uri_template.clone()) {
+                    return Err(PolicyError::Duplicate {
+                        virtual_server: self.name.clone(),
+                        kind: "resource template",
+                        name: t.uri_template.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
