@@ -1,0 +1,1 @@
+//! Upstream MCP test servers (stub; being written).

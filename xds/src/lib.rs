@@ -1,0 +1,1 @@
+//! Envoy xDS for toolmesh (being written).
