@@ -5,12 +5,15 @@
 //! 4. `cargo test --workspace`: unit tests, database tests against Postgres and SQLite, and the
 //!    end-to-end tests with real Envoy, real MCP servers and the official MCP clients.
 //!
+//! 5. a structural check of `docker-compose.yml` (no container engine on CI machines).
+//!
 //! With `CI=true` a missing Envoy or Postgres is a failure; outside CI the affected tests print a
 //! loud SKIPPED line. Extra arguments are passed to `cargo test` (for example a test name filter).
 
 use crate::setup;
 use crate::util::{build_wasm, cargo, sh, step};
 use anyhow::{Result, bail};
+use std::process::Command;
 
 /// The database the test suite uses unless `DATABASE_URL` says otherwise.
 pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -72,6 +75,9 @@ pub fn run(args: &[String]) -> Result<()> {
         test.env(k, v);
     }
     sh(&mut test)?;
+
+    step("docker-compose.yml structure (tools/check_compose.py)");
+    sh(Command::new(&tools.python).arg("tools/check_compose.py"))?;
 
     step("all gates and tests passed");
     Ok(())
