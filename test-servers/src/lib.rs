@@ -218,7 +218,9 @@ impl RunningServer {
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         if let Some(task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(5), task).await.is_err()
+            && tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
         {
             tracing::warn!(addr = %self.addr, "test server did not stop within 5 s");
         }
@@ -348,7 +350,10 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next)
                 .collect();
             (!methods.is_empty()).then(|| methods.join(","))
         }
-        other => other.get("method").and_then(|m| m.as_str()).map(str::to_owned),
+        other => other
+            .get("method")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned),
     });
     lock(&shared.requests).push(RecordedRequest {
         method: parts.method.to_string(),
@@ -360,5 +365,6 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next)
         jsonrpc_method,
         body: json,
     });
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
