@@ -1,1 +1,433 @@
+//! Unit tests for the resource builders: decode what Envoy would receive and check the fields
+//! that carry a decision.
 
+use super::*;
+use crate::model::UpstreamEndpoint;
+use toolmesh_proto::{Member, NamedItem, PolicySnapshot, VirtualServer};
+
+fn upstream(name: &str, cluster: &str, url: &str) -> UpstreamEndpoint {
+    UpstreamEndpoint {
+        mcp_server: name.into(),
+        cluster: cluster.into(),
+        url: url.into(),
+    }
+}
+
+fn model() -> GatewayModel {
+    let mut policy = PolicySnapshot::empty("42");
+    policy.virtual_servers.push(VirtualServer {
+        name: "demo".into(),
+        members: vec![Member {
+            mcp_server: "x".into(),
+            cluster: "mcp_x".into(),
+            path: "/mcp".into(),
+            tools: vec![NamedItem {
+                name: "echo".into(),
+                upstream_name: "echo".into(),
+            }],
+            prompts: vec![],
+            resources: vec![],
+            resource_templates: vec![],
+        }],
+    });
+    GatewayModel {
+        policy,
+        upstreams: vec![
+            upstream("y", "mcp_y", "https://tools.example.com/mcp"),
+            upstream("x", "mcp_x", "http://127.0.0.1:9000/mcp"),
+        ],
+    }
+}
+
+fn settings() -> GatewaySettings {
+    GatewaySettings::new("/opt/toolmesh/toolmesh_filter.wasm")
+}
+
+fn decode<M: Message + Default + Name>(any: &Any) -> M {
+    assert_eq!(any.type_url, M::type_url());
+    M::decode(any.value.as_slice()).unwrap()
+}
+
+fn only<M: Message + Default + Name>(s: &Snapshot, ty: ResourceType) -> M {
+    let rs = &s.get(ty).resources;
+    assert_eq!(rs.len(), 1, "{ty}");
+    decode(&rs[0].resource)
+}
+
+fn cluster(s: &Snapshot, name: &str) -> Cluster {
+    let r = s
+        .get(ResourceType::Cluster)
+        .resources
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no cluster {name}"));
+    decode(&r.resource)
+}
+
+fn hcm(s: &Snapshot) -> (Listener, HttpConnectionManager) {
+    let l: Listener = only(s, ResourceType::Listener);
+    let f = &l.filter_chains[0].filters[0];
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        panic!("no typed config")
+    };
+    let h = decode(any);
+    (l, h)
+}
+
+#[test]
+fn listener_binds_and_hardens_paths() {
+    let s = build_snapshot(&model(), &settings()).unwrap();
+    let (l, h) = hcm(&s);
+    assert_eq!(l.name, LISTENER_NAME);
+    let Some(address::Address::SocketAddress(sa)) = l.address.unwrap().address else {
+        panic!()
+    };
+    assert_eq!(sa.address, "127.0.0.1");
+    assert_eq!(
+        sa.port_specifier,
+        Some(socket_address::PortSpecifier::PortValue(8080))
+    );
+    assert_eq!(
+        l.per_connection_buffer_limit_bytes.unwrap().value,
+        4 * 1024 * 1024
+    );
+    assert_eq!(h.stat_prefix, "toolmesh");
+    assert_eq!(h.normalize_path, Some(BoolValue { value: true }));
+    assert!(h.merge_slashes);
+    assert_eq!(
+        h.path_with_escaped_slashes_action,
+        http_connection_manager::PathWithEscapedSlashesAction::RejectRequest as i32
+    );
+    assert_eq!(h.request_timeout, Some(duration(Duration::ZERO)));
+    assert_eq!(
+        h.stream_idle_timeout,
+        Some(duration(Duration::from_secs(600)))
+    );
+    let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = h.route_specifier else {
+        panic!("not RDS")
+    };
+    assert_eq!(rds.route_config_name, ROUTE_CONFIG_NAME);
+}
+
+#[test]
+fn the_policy_filter_comes_from_ecds_before_the_router() {
+    let s = build_snapshot(&model(), &settings()).unwrap();
+    let (_, h) = hcm(&s);
+    let names: Vec<_> = h.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, [FILTER_NAME, "envoy.filters.http.router"]);
+    let Some(http_filter::ConfigType::ConfigDiscovery(ecs)) = &h.http_filters[0].config_type else {
+        panic!("toolmesh filter is not ECDS")
+    };
+    assert_eq!(ecs.type_urls, [Wasm::type_url()]);
+    let src = ecs.config_source.as_ref().unwrap();
+    assert!(matches!(
+        src.config_source_specifier,
+        Some(config_source::ConfigSourceSpecifier::Ads(_))
+    ));
+    assert_eq!(
+        src.initial_fetch_timeout,
+        Some(duration(Duration::from_secs(5)))
+    );
+}
+
+#[test]
+fn ecds_carries_the_policy_json_and_the_plugin_settings() {
+    let m = model();
+    let s = build_snapshot(&m, &settings()).unwrap();
+    let tec: TypedExtensionConfig = only(&s, ResourceType::ExtensionConfig);
+    assert_eq!(tec.name, FILTER_NAME);
+    let wasm: Wasm = decode(tec.typed_config.as_ref().unwrap());
+    let p = wasm.config.unwrap();
+    assert_eq!(
+        (p.name.as_str(), p.root_id.as_str()),
+        ("toolmesh", "toolmesh")
+    );
+    assert_eq!(p.failure_policy, FailurePolicy::FailReload as i32);
+    assert_eq!(
+        p.allow_on_headers_stop_iteration,
+        Some(BoolValue { value: true })
+    );
+    let cfg: StringValue = decode(p.configuration.as_ref().unwrap());
+    assert_eq!(
+        toolmesh_proto::PolicySnapshot::from_json(cfg.value.as_bytes()).unwrap(),
+        m.policy
+    );
+    let Some(plugin_config::Vm::VmConfig(vm)) = p.vm else {
+        panic!()
+    };
+    assert_eq!(
+        (vm.vm_id.as_str(), vm.runtime.as_str()),
+        ("toolmesh", "envoy.wasm.runtime.v8")
+    );
+    let Some(async_data_source::Specifier::Local(DataSource {
+        specifier: Some(data_source::Specifier::Filename(f)),
+        ..
+    })) = vm.code.unwrap().specifier
+    else {
+        panic!()
+    };
+    assert_eq!(f, "/opt/toolmesh/toolmesh_filter.wasm");
+}
+
+#[test]
+fn routes_map_the_filter_header_to_clusters_then_404() {
+    let s = build_snapshot(&model(), &settings()).unwrap();
+    let rc: RouteConfiguration = only(&s, ResourceType::Route);
+    assert_eq!(rc.name, ROUTE_CONFIG_NAME);
+    let vh = &rc.virtual_hosts[0];
+    assert_eq!(vh.domains, ["*"]);
+    assert_eq!(vh.routes.len(), 3);
+    // Sorted by cluster: mcp_x, mcp_y, then the catch-all.
+    for (r, (cluster, host)) in vh
+        .routes
+        .iter()
+        .zip([("mcp_x", "127.0.0.1:9000"), ("mcp_y", "tools.example.com")])
+    {
+        let m = r.r#match.as_ref().unwrap();
+        assert_eq!(
+            m.path_specifier,
+            Some(route_match::PathSpecifier::Prefix("/".into()))
+        );
+        assert_eq!(m.headers[0].name, CLUSTER_HEADER);
+        assert_eq!(
+            m.headers[0].header_match_specifier,
+            Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(cluster.into())),
+                    ..Default::default()
+                }
+            ))
+        );
+        let Some(route::Action::Route(a)) = &r.action else {
+            panic!()
+        };
+        assert_eq!(
+            a.cluster_specifier,
+            Some(route_action::ClusterSpecifier::Cluster(cluster.into()))
+        );
+        assert_eq!(a.timeout, Some(duration(Duration::ZERO)));
+        assert_eq!(
+            a.host_rewrite_specifier,
+            Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(
+                host.into()
+            ))
+        );
+    }
+    let last = &vh.routes[2];
+    assert!(last.r#match.as_ref().unwrap().headers.is_empty());
+    let Some(route::Action::DirectResponse(d)) = &last.action else {
+        panic!()
+    };
+    assert_eq!(d.status, 404);
+    let Some(data_source::Specifier::InlineString(body)) = &d.body.as_ref().unwrap().specifier
+    else {
+        panic!()
+    };
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["error"]["code"], -32601);
+    assert_eq!(
+        last.response_headers_to_add[0]
+            .header
+            .as_ref()
+            .unwrap()
+            .value,
+        "application/json"
+    );
+}
+
+#[test]
+fn clusters_static_for_ips_dns_and_tls_for_https() {
+    let s = build_snapshot(&model(), &settings()).unwrap();
+
+    let x = cluster(&s, "mcp_x");
+    assert_eq!(
+        x.cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32
+        ))
+    );
+    assert!(x.transport_socket.is_none());
+    assert_eq!(x.connect_timeout, Some(duration(Duration::from_secs(5))));
+    assert_eq!(
+        x.outlier_detection.as_ref().unwrap().consecutive_5xx,
+        Some(UInt32Value { value: 5 })
+    );
+    assert!(matches!(
+        x.health_checks[0].health_checker,
+        Some(health_check::HealthChecker::TcpHealthCheck(_))
+    ));
+    let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) =
+        &x.load_assignment.as_ref().unwrap().endpoints[0].lb_endpoints[0].host_identifier
+    else {
+        panic!()
+    };
+    assert_eq!(ep.address, Some(socket("127.0.0.1".parse().unwrap(), 9000)));
+    let opts: HttpProtocolOptions = decode(
+        &x.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
+    );
+    assert!(matches!(
+        opts.upstream_protocol_options,
+        Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(
+                    http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(_)
+                )
+            }
+        ))
+    ));
+
+    let y = cluster(&s, "mcp_y");
+    assert_eq!(
+        y.cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::StrictDns as i32
+        ))
+    );
+    let ts = y.transport_socket.unwrap();
+    assert_eq!(ts.name, "envoy.transport_sockets.tls");
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = ts.config_type else {
+        panic!()
+    };
+    let tls: UpstreamTlsContext = decode(&any);
+    assert_eq!(tls.sni, "tools.example.com");
+    let Some(common_tls_context::ValidationContextType::ValidationContext(vc)) =
+        tls.common_tls_context.unwrap().validation_context_type
+    else {
+        panic!("upstream TLS without certificate validation")
+    };
+    assert!(vc.system_root_certs.is_some());
+    assert_eq!(vc.match_typed_subject_alt_names.len(), 1);
+}
+
+#[test]
+fn same_model_same_versions_and_changes_touch_only_their_type() {
+    let m = model();
+    let a = build_snapshot(&m, &settings()).unwrap();
+    let b = build_snapshot(&m.clone(), &settings()).unwrap();
+    assert_eq!(a.versions(), b.versions());
+    // Order of upstreams in the input does not matter.
+    let mut reordered = m.clone();
+    reordered.upstreams.reverse();
+    assert_eq!(
+        build_snapshot(&reordered, &settings()).unwrap().versions(),
+        a.versions()
+    );
+
+    // A policy-only change moves only the ECDS version.
+    let mut policy_change = m.clone();
+    policy_change.policy.catalog_version = "43".into();
+    let c = build_snapshot(&policy_change, &settings()).unwrap();
+    for ty in ResourceType::PUSH_ORDER {
+        assert_eq!(
+            a.get(ty).version != c.get(ty).version,
+            ty == ResourceType::ExtensionConfig,
+            "{ty}"
+        );
+    }
+    // A new upstream moves clusters and routes, not the listener.
+    let mut more = m;
+    more.upstreams
+        .push(upstream("z", "mcp_z", "http://10.0.0.1/mcp"));
+    let d = build_snapshot(&more, &settings()).unwrap();
+    assert_ne!(
+        a.get(ResourceType::Cluster).version,
+        d.get(ResourceType::Cluster).version
+    );
+    assert_ne!(
+        a.get(ResourceType::Route).version,
+        d.get(ResourceType::Route).version
+    );
+    assert_eq!(
+        a.get(ResourceType::Listener).version,
+        d.get(ResourceType::Listener).version
+    );
+}
+
+#[test]
+fn buffer_limit_never_below_the_policy_body_limit() {
+    let mut m = model();
+    m.policy.limits.max_body_bytes = 16 * 1024 * 1024;
+    let (l, _) = hcm(&build_snapshot(&m, &settings()).unwrap());
+    assert_eq!(
+        l.per_connection_buffer_limit_bytes.unwrap().value,
+        16 * 1024 * 1024
+    );
+}
+
+#[test]
+fn invalid_input_is_a_typed_error_naming_the_upstream() {
+    let mut m = model();
+    m.upstreams[0].url = "ftp://tools.example.com/mcp".into();
+    assert_eq!(
+        build_snapshot(&m, &settings()),
+        Err(BuildError::UpstreamUrl {
+            mcp_server: "y".into(),
+            url: "ftp://tools.example.com/mcp".into(),
+            source: UrlError::UnsupportedScheme("ftp".into()),
+        })
+    );
+    let msg = build_snapshot(&m, &settings()).unwrap_err().to_string();
+    assert!(msg.contains("\"y\"") && msg.contains("ftp"), "{msg}");
+
+    let mut m = model();
+    m.upstreams[0].url = "http://no host/".into();
+    assert!(matches!(
+        build_snapshot(&m, &settings()),
+        Err(BuildError::UpstreamUrl { mcp_server, source: UrlError::BadHost(_), .. }) if mcp_server == "y"
+    ));
+
+    let mut m = model();
+    m.upstreams[0].cluster = "mcp_x".into();
+    assert!(matches!(
+        build_snapshot(&m, &settings()),
+        Err(BuildError::DuplicateCluster { cluster, .. }) if cluster == "mcp_x"
+    ));
+
+    for bad in ["xds_cluster", "a.b", "", "has space"] {
+        let mut m = model();
+        m.upstreams[0].cluster = bad.into();
+        let r = build_snapshot(&m, &settings());
+        assert!(
+            matches!(&r, Err(BuildError::BadClusterName { cluster, mcp_server, .. }) if cluster == bad && mcp_server == "y"),
+            "{bad}: {r:?}"
+        );
+    }
+
+    // A member whose cluster no upstream provides would be a route to nowhere.
+    let mut m = model();
+    m.upstreams.retain(|u| u.cluster != "mcp_x");
+    assert!(matches!(
+        build_snapshot(&m, &settings()),
+        Err(BuildError::UnknownCluster { cluster, .. }) if cluster == "mcp_x"
+    ));
+
+    // The policy is validated with the filter's own rules.
+    let mut m = model();
+    m.policy.virtual_servers[0].name = "Not A Slug".into();
+    assert!(matches!(
+        build_snapshot(&m, &settings()),
+        Err(BuildError::Policy(_))
+    ));
+
+    let mut s = settings();
+    s.listener_address = "localhost".into();
+    assert!(matches!(
+        build_snapshot(&model(), &s),
+        Err(BuildError::Settings {
+            field: "listener_address",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn resource_types_round_trip_their_urls() {
+    for ty in ResourceType::PUSH_ORDER {
+        assert_eq!(ResourceType::from_type_url(&ty.type_url()), Some(ty));
+    }
+    assert_eq!(
+        ResourceType::ExtensionConfig.type_url(),
+        "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+    );
+    assert_eq!(ResourceType::from_type_url("type.googleapis.com/x"), None);
+}
