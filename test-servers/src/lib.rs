@@ -22,6 +22,7 @@
 //! Test-only HTTP endpoints, next to `/mcp` (not recorded): `GET /_test/requests` (the recorded
 //! requests as JSON), `GET /_test/calls` (the tool names as JSON), `POST /_test/variant/{n}`.
 
+pub mod cli;
 mod handler;
 
 use std::collections::BTreeMap;
