@@ -1,0 +1,114 @@
+//! Configuration of `toolmesh serve`: flags with `TOOLMESH_*` environment variables.
+//!
+//! Every knob has a flag and an environment variable so the same binary runs from a shell, from
+//! `cargo xtask up` and from a container without a config file. Defaults are the ports in
+//! ARCHITECTURE.md and a SQLite file under `.toolmesh/`, so `toolmesh serve` works with nothing set.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the catalog lives: shared by `serve` and the offline admin commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreConfig {
+    /// Directory for the SQLite catalog and the generated secret key.
+    #[arg(long, env = "TOOLMESH_DATA_DIR", default_value = ".toolmesh")]
+    pub data_dir: PathBuf,
+    /// Catalog database: `postgres://…` or `sqlite://…`. Default: a SQLite file in the data dir.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+impl StoreConfig {
+    /// The database URL to use: the configured one or `sqlite://<data dir>/toolmesh.db?mode=rwc`.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.trim().is_empty() => url.clone(),
+            _ => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("toolmesh.db").display()
+            ),
+        }
+    }
+}
+
+/// Everything `toolmesh serve` can be told.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// Where the catalog lives.
+    #[command(flatten)]
+    pub store: StoreConfig,
+    /// Address the REST API binds to.
+    #[arg(long, env = "TOOLMESH_API_BIND", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub api_bind: IpAddr,
+    /// Port of the REST API (`/v1`, `/openapi.json`, `/healthz`). 0 picks a free port.
+    #[arg(long, env = "TOOLMESH_API_PORT", default_value_t = 8081)]
+    pub api_port: u16,
+    /// Admin bearer token for `/v1`. Without it, the first start generates one and prints it once.
+    #[arg(long, env = "TOOLMESH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Key that encrypts upstream credentials at rest: 32 bytes as 64 hex characters or base64.
+    #[arg(long, env = "TOOLMESH_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// File holding the secret key (same format). Without a key or file, one is generated into
+    /// `<data dir>/secret.key`.
+    #[arg(long, env = "TOOLMESH_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+    /// How often every MCP server is rediscovered, in seconds (0 turns the schedule off).
+    #[arg(long, env = "TOOLMESH_DISCOVERY_INTERVAL", default_value_t = 300)]
+    pub discovery_interval_secs: u64,
+    /// Deadline for one discovery of one MCP server, in seconds.
+    #[arg(long, env = "TOOLMESH_DISCOVERY_TIMEOUT", default_value_t = 10)]
+    pub discovery_timeout_secs: u64,
+    /// Base URL where Envoy serves MCP; each virtual server's endpoint is shown under it.
+    #[arg(
+        long,
+        env = "TOOLMESH_PUBLIC_MCP_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub public_mcp_url: String,
+    /// Port of the xDS (ADS) server. Kept for the xDS wiring; not served by the catalog itself.
+    #[arg(long, env = "TOOLMESH_XDS_PORT", default_value_t = 18000)]
+    pub xds_port: u16,
+    /// Port Envoy serves MCP on. Kept for the xDS wiring.
+    #[arg(long, env = "TOOLMESH_MCP_PORT", default_value_t = 8080)]
+    pub mcp_port: u16,
+}
+
+impl ServeConfig {
+    /// Defaults for everything, with the given data directory (for tests and embedding).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            store: StoreConfig {
+                data_dir: data_dir.into(),
+                database_url: None,
+            },
+            api_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            api_port: 8081,
+            admin_token: None,
+            secret_key: None,
+            secret_key_file: None,
+            discovery_interval_secs: 300,
+            discovery_timeout_secs: 10,
+            public_mcp_url: "http://127.0.0.1:8080".into(),
+            xds_port: 18000,
+            mcp_port: 8080,
+        }
+    }
+
+    /// The REST API's socket address.
+    pub fn api_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.api_bind, self.api_port)
+    }
+
+    /// The discovery deadline.
+    pub fn discovery_timeout(&self) -> Duration {
+        Duration::from_secs(self.discovery_timeout_secs.max(1))
+    }
+
+    /// The discovery schedule, if any.
+    pub fn discovery_interval(&self) -> Option<Duration> {
+        (self.discovery_interval_secs > 0)
+            .then(|| Duration::from_secs(self.discovery_interval_secs))
+    }
+}

@@ -1,0 +1,183 @@
+//! Compiling the catalog into what the gateway enforces.
+//!
+//! This is the one conversion from the catalog model to the wire contract of `toolmesh-proto`:
+//! only enabled items that the upstream still offers are exposed, under `expose_as` or their
+//! upstream name; each MCP server becomes the Envoy cluster `mcp_<name>`, and the member's `path`
+//! is the URL path of the server's MCP endpoint. [`gateway_model`] adds what the xDS layer needs
+//! besides the policy: the upstream endpoints for clusters, and the accepted definitions that a
+//! virtual server exposes (for answering lists from the catalog).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use toolmesh_proto::{
+    Member, NamedItem, PolicySnapshot, ResourceItem, ResourceTemplateItem, VirtualServer,
+};
+
+use crate::store::{CatalogDump, ItemKind, Store, StoreError, Transport};
+
+/// An upstream MCP server as a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamEndpoint {
+    /// The MCP server's catalog name.
+    pub mcp_server: String,
+    /// The Envoy cluster name (`mcp_<name>`).
+    pub cluster: String,
+    /// The MCP endpoint URL.
+    pub url: String,
+    /// The transport the upstream speaks.
+    pub transport: Transport,
+}
+
+/// What one virtual server exposes, with the accepted definitions renamed as exposed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ExposedCatalog {
+    /// Tool definitions (`name` is the exposed name).
+    pub tools: Vec<serde_json::Value>,
+    /// Prompt definitions (`name` is the exposed name).
+    pub prompts: Vec<serde_json::Value>,
+    /// Resource definitions.
+    pub resources: Vec<serde_json::Value>,
+    /// Resource template definitions.
+    pub resource_templates: Vec<serde_json::Value>,
+}
+
+/// Everything the gateway needs at one catalog version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GatewayModel {
+    /// The catalog version the model was read at.
+    pub version: u64,
+    /// The filter's policy.
+    pub policy: PolicySnapshot,
+    /// Every registered MCP server, as a cluster.
+    pub upstreams: Vec<UpstreamEndpoint>,
+    /// Per virtual server (by name): the exposed definitions.
+    pub exposed: BTreeMap<String, ExposedCatalog>,
+}
+
+/// The Envoy cluster name of an MCP server.
+pub fn cluster_name(mcp_server: &str) -> String {
+    format!("mcp_{mcp_server}")
+}
+
+/// The HTTP path of an MCP endpoint URL (`/` when the URL has none).
+pub fn upstream_path(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.path().starts_with('/') => u.path().to_string(),
+        _ => "/".to_string(),
+    }
+}
+
+/// Compile the catalog into the policy snapshot.
+pub fn compile_policy(dump: &CatalogDump) -> PolicySnapshot {
+    let urls: BTreeMap<&str, &str> = dump
+        .mcp_servers
+        .iter()
+        .map(|s| (s.name.as_str(), s.url.as_str()))
+        .collect();
+    let mut snapshot = PolicySnapshot::empty(dump.version.to_string());
+    for vs in &dump.virtual_servers {
+        let mut members: Vec<Member> = Vec::new();
+        for m in vs.members.iter().filter(|m| m.active()) {
+            let idx = match members.iter().position(|x| x.mcp_server == m.mcp_server) {
+                Some(i) => i,
+                None => {
+                    members.push(Member {
+                        mcp_server: m.mcp_server.clone(),
+                        cluster: cluster_name(&m.mcp_server),
+                        path: upstream_path(urls.get(m.mcp_server.as_str()).unwrap_or(&"/")),
+                        tools: Vec::new(),
+                        prompts: Vec::new(),
+                        resources: Vec::new(),
+                        resource_templates: Vec::new(),
+                    });
+                    members.len() - 1
+                }
+            };
+            let member = &mut members[idx];
+            match m.kind {
+                ItemKind::Tool => member.tools.push(NamedItem {
+                    name: m.exposed_name().to_string(),
+                    upstream_name: m.item.clone(),
+                }),
+                ItemKind::Prompt => member.prompts.push(NamedItem {
+                    name: m.exposed_name().to_string(),
+                    upstream_name: m.item.clone(),
+                }),
+                ItemKind::Resource => member.resources.push(ResourceItem {
+                    uri: m.item.clone(),
+                }),
+                ItemKind::ResourceTemplate => {
+                    member.resource_templates.push(ResourceTemplateItem {
+                        uri_template: m.item.clone(),
+                    })
+                }
+            }
+        }
+        snapshot.virtual_servers.push(VirtualServer {
+            name: vs.name.clone(),
+            members,
+        });
+    }
+    snapshot
+}
+
+/// The exposed definitions of each virtual server.
+pub fn exposed_catalog(dump: &CatalogDump) -> BTreeMap<String, ExposedCatalog> {
+    let mut out = BTreeMap::new();
+    for vs in &dump.virtual_servers {
+        let mut cat = ExposedCatalog::default();
+        for m in vs.members.iter().filter(|m| m.active()) {
+            let mut def = m.definition.clone();
+            match m.kind {
+                ItemKind::Tool | ItemKind::Prompt => {
+                    if let Some(obj) = def.as_object_mut() {
+                        obj.insert("name".into(), m.exposed_name().into());
+                    }
+                    if m.kind == ItemKind::Tool {
+                        cat.tools.push(def);
+                    } else {
+                        cat.prompts.push(def);
+                    }
+                }
+                ItemKind::Resource => cat.resources.push(def),
+                ItemKind::ResourceTemplate => cat.resource_templates.push(def),
+            }
+        }
+        out.insert(vs.name.clone(), cat);
+    }
+    out
+}
+
+/// Read the catalog at one version and build the gateway model.
+pub async fn gateway_model(store: &Store) -> Result<GatewayModel, StoreError> {
+    let dump = store.dump().await?;
+    Ok(GatewayModel {
+        version: dump.version as u64,
+        policy: compile_policy(&dump),
+        upstreams: dump
+            .mcp_servers
+            .iter()
+            .map(|s| UpstreamEndpoint {
+                mcp_server: s.name.clone(),
+                cluster: cluster_name(&s.name),
+                url: s.url.clone(),
+                transport: s.transport,
+            })
+            .collect(),
+        exposed: exposed_catalog(&dump),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_clusters() {
+        assert_eq!(upstream_path("http://h:1/mcp"), "/mcp");
+        assert_eq!(upstream_path("http://h:1"), "/");
+        assert_eq!(upstream_path("https://h/a/b/mcp?x=1"), "/a/b/mcp");
+        assert_eq!(cluster_name("github"), "mcp_github");
+    }
+}
