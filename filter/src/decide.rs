@@ -1,0 +1,770 @@
+//! Deciding what happens to one MCP request: forward it (to which member, rewritten how) or
+//! refuse it (with which reply and reason).
+//!
+//! Why separate from the proxy-wasm shell: every rule here is a pure function of the policy,
+//! the request headers and the body, so it is tested natively, table by table. The shell only
+//! copies headers in and applies the result.
+//!
+//! The routing contract with Envoy (the route configuration relies on exactly this): on an
+//! allowed request the filter sets `x-toolmesh-cluster: <member.cluster>`, rewrites `:path` to
+//! `<member.path>` (query string kept), and, when it renamed an item in the body, replaces the
+//! body, `content-length` and `mcp-name`.
+
+use crate::jsonrpc::{self, Field, Id, Message, ParseError};
+use crate::lists::ListKind;
+use crate::outcome::media_type;
+use crate::policy::{CompiledPolicy, CompiledVs, Item, Lookup};
+use crate::sanitize::decode_mcp_header;
+use crate::stats::{MethodStat, Reason};
+
+/// JSON-RPC error codes used in denials.
+pub mod codes {
+    /// Parse error.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Invalid request.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// Invalid params: used for tools and prompts that are not allowed (the MCP spec's code for
+    /// an unknown tool).
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// Internal error.
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// MCP "resource not found": used for resources that are not allowed.
+    pub const RESOURCE_NOT_FOUND: i64 = -32002;
+    /// MCP 2026-07-28 header mismatch (`Mcp-Method`/`Mcp-Name` vs body).
+    pub const HEADER_MISMATCH: i64 = -32020;
+}
+
+/// The request headers the filter looks at (values as sent; names are lowercase in Envoy).
+#[derive(Debug, Clone, Default)]
+pub struct RequestHead<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`.
+    pub path: &'a str,
+    /// `content-type`.
+    pub content_type: Option<&'a str>,
+    /// `content-encoding`.
+    pub content_encoding: Option<&'a str>,
+    /// `content-length`.
+    pub content_length: Option<&'a str>,
+    /// `mcp-method` (protocol 2026-07-28).
+    pub mcp_method: Option<&'a str>,
+    /// `mcp-name` (protocol 2026-07-28).
+    pub mcp_name: Option<&'a str>,
+    /// The request has no body (headers end the stream).
+    pub end_of_stream: bool,
+}
+
+/// A local reply: an HTTP status and a JSON-RPC error body (`content-type: application/json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON-RPC error message.
+    pub body: Vec<u8>,
+}
+
+/// Where and how to forward an allowed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Value for `x-toolmesh-cluster`.
+    pub cluster: String,
+    /// New `:path`.
+    pub path: String,
+    /// Replacement body (then `content-length` must be set to its length).
+    pub body: Option<Vec<u8>>,
+    /// Replacement `mcp-name` header value.
+    pub mcp_name: Option<String>,
+}
+
+/// A tool of the policy, as named in stats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolRef {
+    /// Virtual server slug.
+    pub vs: String,
+    /// MCP server slug of the owning member.
+    pub mcp_server: String,
+    /// Exposed tool name.
+    pub tool: String,
+}
+
+/// An allowed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Where to send it.
+    pub route: Route,
+    /// Virtual server slug.
+    pub vs: String,
+    /// The request kind, for `rq` stats.
+    pub method: MethodStat,
+    /// For `tools/call`: the tool (per-tool stats).
+    pub tool: Option<ToolRef>,
+    /// For list methods: which list, and the member whose response is filtered.
+    pub list: Option<(ListKind, usize)>,
+    /// The JSON-RPC id, if any.
+    pub id: Option<Id>,
+}
+
+/// A refused request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deny {
+    /// What to answer.
+    pub reply: Reply,
+    /// Why (stat segment).
+    pub reason: Reason,
+    /// The virtual server, when known and in the policy (else the denial is counted globally).
+    pub vs: Option<String>,
+    /// The request kind, when the body was parsed.
+    pub method: Option<MethodStat>,
+    /// The policy tool the request named (or looked like), for the per-tool `denied` counter.
+    pub tool: Option<ToolRef>,
+}
+
+/// The decision after the request headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadDecision {
+    /// Forward now (bodiless GET/DELETE).
+    Forward(Forward),
+    /// Refuse now.
+    Deny(Deny),
+    /// Buffer the body, then call [`decide_body`].
+    ReadBody(Pending),
+}
+
+/// What the header phase learnt, for the body phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The virtual server slug from the path.
+    pub vs: String,
+    /// Whether the policy has it.
+    pub known: bool,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// `mcp-method`, if sent.
+    pub mcp_method: Option<String>,
+    /// `mcp-name`, if sent.
+    pub mcp_name: Option<String>,
+    /// The body cap.
+    pub max_body: usize,
+}
+
+/// The decision after the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyDecision {
+    /// Forward.
+    Forward(Forward),
+    /// Refuse.
+    Deny(Deny),
+}
+
+/// Longest client-supplied name echoed in an error message.
+const ECHO_MAX: usize = 128;
+
+fn echo(s: &str) -> String {
+    if s.chars().count() <= ECHO_MAX {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(ECHO_MAX).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Split `:path` into (virtual server slug, query). Strict: exactly `/servers/{slug}/mcp`,
+/// optionally followed by `?query`; no percent-encoding, no dot segments, no extra slashes.
+pub fn parse_path(path: &str) -> Option<(&str, Option<&str>)> {
+    let (p, q) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let vs = p.strip_prefix("/servers/")?.strip_suffix("/mcp")?;
+    toolmesh_proto::is_slug(vs).then_some((vs, q))
+}
+
+fn reply(id: Option<&Id>, code: i64, message: &str, status_without_id: u16) -> Reply {
+    Reply {
+        status: if id.is_some() { 200 } else { status_without_id },
+        body: jsonrpc::error_body(id, code, message),
+    }
+}
+
+fn deny_global(reason: Reason, status: u16, code: i64, message: &str, id: Option<&Id>) -> Deny {
+    Deny {
+        reply: Reply {
+            status,
+            body: jsonrpc::error_body(id, code, message),
+        },
+        reason,
+        vs: None,
+        method: None,
+        tool: None,
+    }
+}
+
+fn new_path(member_path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{member_path}?{q}"),
+        None => member_path.to_owned(),
+    }
+}
+
+/// Decide on the request headers.
+pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecision {
+    let Some((vs_name, query)) = parse_path(head.path) else {
+        return HeadDecision::Deny(deny_global(
+            Reason::BadPath,
+            404,
+            codes::INVALID_REQUEST,
+            "Not an MCP endpoint of this gateway: use /servers/{name}/mcp",
+            None,
+        ));
+    };
+    let vs = policy.virtual_server(vs_name);
+    let denied = |reason: Reason, status: u16, message: &str| {
+        HeadDecision::Deny(Deny {
+            reply: reply(None, codes::INVALID_REQUEST, message, status),
+            reason,
+            vs: vs.map(|v| v.name.clone()),
+            method: None,
+            tool: None,
+        })
+    };
+    match head.method {
+        "GET" | "DELETE" => {
+            let Some(vs) = vs else {
+                return HeadDecision::Deny(unknown_vs(vs_name, None));
+            };
+            if !head.end_of_stream {
+                return denied(
+                    Reason::HttpMethod,
+                    400,
+                    "GET and DELETE requests must not have a body",
+                );
+            }
+            let method = if head.method == "GET" {
+                MethodStat::HttpGet
+            } else {
+                MethodStat::HttpDelete
+            };
+            let Some(primary) = vs.primary() else {
+                return HeadDecision::Deny(no_member(vs, None, Some(method)));
+            };
+            HeadDecision::Forward(Forward {
+                route: Route {
+                    cluster: primary.cluster.clone(),
+                    path: new_path(&primary.path, query),
+                    body: None,
+                    mcp_name: None,
+                },
+                vs: vs.name.clone(),
+                method,
+                tool: None,
+                list: None,
+                id: None,
+            })
+        }
+        "POST" => {
+            if vs.is_some() {
+                let json = head
+                    .content_type
+                    .is_some_and(|ct| media_type(ct).eq_ignore_ascii_case("application/json"));
+                if !json {
+                    return denied(
+                        Reason::ContentType,
+                        415,
+                        "Content-Type must be application/json",
+                    );
+                }
+                let identity = head.content_encoding.is_none_or(|ce| {
+                    ce.split(',')
+                        .all(|t| t.trim().eq_ignore_ascii_case("identity"))
+                });
+                if !identity {
+                    return denied(
+                        Reason::ContentEncoding,
+                        415,
+                        "Content-Encoding is not supported: send the body uncompressed",
+                    );
+                }
+                if let Some(len) = head.content_length
+                    && len
+                        .trim()
+                        .parse::<u64>()
+                        .map_or(true, |n| n > policy.max_body_bytes as u64)
+                {
+                    return denied(Reason::BodyTooLarge, 413, &too_large(policy.max_body_bytes));
+                }
+                if head.end_of_stream {
+                    return denied(
+                        Reason::MalformedJson,
+                        400,
+                        "Parse error: the request body is empty",
+                    );
+                }
+            } else if head.end_of_stream {
+                return HeadDecision::Deny(unknown_vs(vs_name, None));
+            }
+            HeadDecision::ReadBody(Pending {
+                vs: vs_name.to_owned(),
+                known: vs.is_some(),
+                query: query.map(str::to_owned),
+                mcp_method: head.mcp_method.map(str::to_owned),
+                mcp_name: head.mcp_name.map(str::to_owned),
+                max_body: policy.max_body_bytes,
+            })
+        }
+        _ => match vs {
+            None => HeadDecision::Deny(unknown_vs(vs_name, None)),
+            Some(_) => denied(
+                Reason::HttpMethod,
+                405,
+                "Only POST, GET and DELETE are supported",
+            ),
+        },
+    }
+}
+
+fn too_large(max: usize) -> String {
+    format!("Request body exceeds this gateway's limit of {max} bytes")
+}
+
+fn unknown_vs(name: &str, id: Option<&Id>) -> Deny {
+    deny_global(
+        Reason::UnknownVirtualServer,
+        404,
+        codes::INVALID_REQUEST,
+        &format!("Virtual server '{name}' does not exist"),
+        id,
+    )
+}
+
+fn no_member(vs: &CompiledVs, id: Option<&Id>, method: Option<MethodStat>) -> Deny {
+    Deny {
+        reply: reply(
+            id,
+            codes::INTERNAL_ERROR,
+            &format!("Virtual server '{}' has no MCP servers", vs.name),
+            503,
+        ),
+        reason: Reason::NoMember,
+        vs: Some(vs.name.clone()),
+        method,
+        tool: None,
+    }
+}
+
+/// The body grew past the cap before it ended.
+pub fn body_too_large(pending: &Pending) -> Deny {
+    Deny {
+        reply: reply(
+            None,
+            codes::INVALID_REQUEST,
+            &too_large(pending.max_body),
+            413,
+        ),
+        reason: Reason::BodyTooLarge,
+        vs: pending.known.then(|| pending.vs.clone()),
+        method: None,
+        tool: None,
+    }
+}
+
+/// Decide on the complete body.
+pub fn decide_body(policy: &CompiledPolicy, pending: &Pending, body: &[u8]) -> BodyDecision {
+    let vs = policy.virtual_server(&pending.vs);
+    let Some(vs) = vs else {
+        // Unknown virtual server: answer with the request id when it can be read.
+        let id = match jsonrpc::parse(body) {
+            Ok(m) => m.id,
+            Err(ParseError::Invalid { id, .. } | ParseError::DuplicateKey { id, .. }) => id,
+            Err(_) => None,
+        };
+        return BodyDecision::Deny(unknown_vs(&pending.vs, id.as_ref()));
+    };
+    if body.len() > pending.max_body {
+        return BodyDecision::Deny(body_too_large(pending));
+    }
+    let ctx = Ctx { vs, pending, body };
+    match jsonrpc::parse(body) {
+        Ok(msg) => ctx.decide(&msg),
+        Err(e) => BodyDecision::Deny(ctx.parse_error(e)),
+    }
+}
+
+struct Ctx<'a> {
+    vs: &'a CompiledVs,
+    pending: &'a Pending,
+    body: &'a [u8],
+}
+
+impl Ctx<'_> {
+    fn deny(
+        &self,
+        reason: Reason,
+        id: Option<&Id>,
+        code: i64,
+        message: &str,
+        status_without_id: u16,
+    ) -> Deny {
+        Deny {
+            reply: reply(id, code, message, status_without_id),
+            reason,
+            vs: Some(self.vs.name.clone()),
+            method: None,
+            tool: None,
+        }
+    }
+
+    fn parse_error(&self, e: ParseError) -> Deny {
+        match e {
+            ParseError::Malformed => Deny {
+                method: None,
+                tool: None,
+                ..self.deny(
+                    Reason::MalformedJson,
+                    None,
+                    codes::PARSE_ERROR,
+                    "Parse error: the request body is not valid JSON",
+                    400,
+                )
+            },
+            ParseError::Batch => Deny {
+                method: None,
+                tool: None,
+                ..self.deny(
+                    Reason::Batch,
+                    None,
+                    codes::INVALID_REQUEST,
+                    "batches are not supported by this gateway",
+                    400,
+                )
+            },
+            ParseError::DuplicateKey { key, id } => Deny {
+                method: None,
+                tool: None,
+                ..self.deny(
+                    Reason::DuplicateKey,
+                    id.as_ref(),
+                    codes::INVALID_REQUEST,
+                    &format!("Invalid request: the body repeats the key '{}'", echo(&key)),
+                    400,
+                )
+            },
+            ParseError::Invalid { why, id } => Deny {
+                method: None,
+                tool: None,
+                ..self.deny(
+                    Reason::InvalidRequest,
+                    id.as_ref(),
+                    codes::INVALID_REQUEST,
+                    &format!("Invalid request: {}", echo(&why)),
+                    400,
+                )
+            },
+        }
+    }
+
+    fn tool_ref(&self, item: &Item) -> Option<ToolRef> {
+        Some(ToolRef {
+            vs: self.vs.name.clone(),
+            mcp_server: self.vs.member(item.member)?.mcp_server.clone(),
+            tool: item.exposed.clone(),
+        })
+    }
+
+    fn forward(
+        &self,
+        member: usize,
+        msg: &Message<'_>,
+        method: MethodStat,
+        body: Option<Vec<u8>>,
+        mcp_name: Option<String>,
+        tool: Option<ToolRef>,
+    ) -> BodyDecision {
+        let list = msg.method.as_deref().and_then(ListKind::of);
+        let Some(m) = self.vs.member(member) else {
+            return BodyDecision::Deny(no_member(self.vs, msg.id.as_ref(), Some(method)));
+        };
+        BodyDecision::Forward(Forward {
+            route: Route {
+                cluster: m.cluster.clone(),
+                path: new_path(&m.path, self.pending.query.as_deref()),
+                body,
+                mcp_name,
+            },
+            vs: self.vs.name.clone(),
+            method,
+            tool,
+            list: list.map(|k| (k, member)),
+            id: msg.id.clone(),
+        })
+    }
+
+    /// Replace the JSON string at `field.span` with `new` (JSON-encoded).
+    fn rename(&self, field: &Field<'_>, new: &str) -> Vec<u8> {
+        let quoted = serde_json::to_string(new).unwrap_or_default();
+        let head = self.body.get(..field.span.start).unwrap_or_default();
+        let tail = self.body.get(field.span.end..).unwrap_or_default();
+        let mut out = Vec::with_capacity(head.len() + quoted.len() + tail.len());
+        out.extend_from_slice(head);
+        out.extend_from_slice(quoted.as_bytes());
+        out.extend_from_slice(tail);
+        out
+    }
+
+    fn decide(&self, msg: &Message<'_>) -> BodyDecision {
+        let id = msg.id.as_ref();
+        let method = match (&msg.method, msg.kind) {
+            (Some(m), _) => MethodStat::of(m),
+            (None, _) => MethodStat::Response,
+        };
+        // Mcp-Method must name the body's method.
+        if let Some(h) = &self.pending.mcp_method
+            && msg.method.as_deref() != Some(h.as_str())
+        {
+            return BodyDecision::Deny(Deny {
+                method: Some(method),
+                tool: None,
+                ..self.deny(
+                    Reason::HeaderMismatch,
+                    id,
+                    codes::HEADER_MISMATCH,
+                    "Mcp-Method header does not match the request body's method",
+                    400,
+                )
+            });
+        }
+        let Some(name) = msg.method.as_deref() else {
+            // A client's JSON-RPC response (to sampling, elicitation, roots): primary.
+            return self.forward(0, msg, method, None, None, None);
+        };
+        match name {
+            "tools/call" => self.named(msg, method, NamedKind::Tool),
+            "prompts/get" => self.named(msg, method, NamedKind::Prompt),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                self.resource(msg, method, name == "resources/read")
+            }
+            "completion/complete" => self.completion(msg, method),
+            _ => self.forward(0, msg, method, None, None, None),
+        }
+    }
+
+    fn invalid(&self, msg: &Message<'_>, method: MethodStat, why: &str) -> BodyDecision {
+        BodyDecision::Deny(Deny {
+            method: Some(method),
+            tool: None,
+            ..self.deny(
+                Reason::InvalidRequest,
+                msg.id.as_ref(),
+                codes::INVALID_REQUEST,
+                &format!("Invalid request: {why}"),
+                400,
+            )
+        })
+    }
+
+    fn named(&self, msg: &Message<'_>, method: MethodStat, kind: NamedKind) -> BodyDecision {
+        let id = msg.id.as_ref();
+        let Some(field) = &msg.name else {
+            return self.invalid(msg, method, "params.name is required");
+        };
+        let Some(name) = field.as_str() else {
+            return self.invalid(msg, method, "params.name must be a string");
+        };
+        let lookup = match kind {
+            NamedKind::Tool => self.vs.tool(&name),
+            NamedKind::Prompt => self.vs.prompt(&name),
+        };
+        let item = match lookup {
+            Lookup::Allowed(item) => item,
+            Lookup::Lookalike(allowed) => {
+                let tool = match (kind, self.vs.tool(&allowed)) {
+                    (NamedKind::Tool, Lookup::Allowed(item)) => self.tool_ref(item),
+                    _ => None,
+                };
+                return BodyDecision::Deny(Deny {
+ method: Some(method),
+ tool: tool,
+ ..self.deny(Reason::Lookalike, id, codes::INVALID_PARAMS, &format!(
+                        "{} '{}' is not allowed on virtual server '{}' (names must match exactly)",
+                        kind.label(),
+                        echo(&name),
+                        self.vs.name
+                    ), 403)
+ });
+            }
+            Lookup::NotAllowed => {
+                return BodyDecision::Deny(Deny {
+                    method: Some(method),
+                    tool: None,
+                    ..self.deny(
+                        Reason::NotAllowed,
+                        id,
+                        codes::INVALID_PARAMS,
+                        &format!(
+                            "{} '{}' is not allowed on virtual server '{}'",
+                            kind.label(),
+                            echo(&name),
+                            self.vs.name
+                        ),
+                        403,
+                    )
+                });
+            }
+        };
+        let tool = match kind {
+            NamedKind::Tool => self.tool_ref(item),
+            NamedKind::Prompt => None,
+        };
+        if let Some(h) = &self.pending.mcp_name
+            && decode_mcp_header(h).as_deref() != Some(name.as_str())
+        {
+            return BodyDecision::Deny(Deny {
+                method: Some(method),
+                tool: tool,
+                ..self.deny(
+                    Reason::HeaderMismatch,
+                    id,
+                    codes::HEADER_MISMATCH,
+                    "Mcp-Name header does not match the request body's 'name' parameter",
+                    400,
+                )
+            });
+        }
+        let renamed = item.upstream != name;
+        let body = renamed.then(|| self.rename(field, &item.upstream));
+        let mcp_name = (renamed && self.pending.mcp_name.is_some()).then(|| item.upstream.clone());
+        self.forward(item.member, msg, method, body, mcp_name, tool)
+    }
+
+    fn resource(&self, msg: &Message<'_>, method: MethodStat, name_bearing: bool) -> BodyDecision {
+        let id = msg.id.as_ref();
+        let Some(uri) = msg.uri.as_ref().and_then(Field::as_str) else {
+            return self.invalid(msg, method, "params.uri must be a string");
+        };
+        let member = match self.vs.resource(&uri) {
+            Lookup::Allowed(m) => m,
+            other => return BodyDecision::Deny(self.resource_denied(msg, method, &uri, &other)),
+        };
+        if name_bearing
+            && let Some(h) = &self.pending.mcp_name
+            && decode_mcp_header(h).as_deref() != Some(uri.as_str())
+        {
+            return BodyDecision::Deny(Deny {
+                method: Some(method),
+                tool: None,
+                ..self.deny(
+                    Reason::HeaderMismatch,
+                    id,
+                    codes::HEADER_MISMATCH,
+                    "Mcp-Name header does not match the request body's 'uri' parameter",
+                    400,
+                )
+            });
+        }
+        self.forward(member, msg, method, None, None, None)
+    }
+
+    fn resource_denied(
+        &self,
+        msg: &Message<'_>,
+        method: MethodStat,
+        uri: &str,
+        lookup: &Lookup<usize>,
+    ) -> Deny {
+        let reason = if matches!(lookup, Lookup::Lookalike(_)) {
+            Reason::Lookalike
+        } else {
+            Reason::NotAllowed
+        };
+        Deny {
+            method: Some(method),
+            tool: None,
+            ..self.deny(
+                reason,
+                msg.id.as_ref(),
+                codes::RESOURCE_NOT_FOUND,
+                &format!(
+                    "Resource '{}' is not allowed on virtual server '{}'",
+                    echo(uri),
+                    self.vs.name
+                ),
+                403,
+            )
+        }
+    }
+
+    fn completion(&self, msg: &Message<'_>, method: MethodStat) -> BodyDecision {
+        let Some(Ok(reference)) = &msg.reference else {
+            return self.invalid(msg, method, "params.ref must be an object");
+        };
+        match reference.kind.as_deref() {
+            Some("ref/prompt") => {
+                let Some(field) = &reference.name else {
+                    return self.invalid(msg, method, "params.ref.name is required");
+                };
+                let Some(name) = field.as_str() else {
+                    return self.invalid(msg, method, "params.ref.name must be a string");
+                };
+                match self.vs.prompt(&name) {
+                    Lookup::Allowed(item) => {
+                        let body =
+                            (item.upstream != name).then(|| self.rename(field, &item.upstream));
+                        self.forward(item.member, msg, method, body, None, None)
+                    }
+                    other => {
+                        let reason = if matches!(other, Lookup::Lookalike(_)) {
+                            Reason::Lookalike
+                        } else {
+                            Reason::NotAllowed
+                        };
+                        BodyDecision::Deny(Deny {
+                            method: Some(method),
+                            tool: None,
+                            ..self.deny(
+                                reason,
+                                msg.id.as_ref(),
+                                codes::INVALID_PARAMS,
+                                &format!(
+                                    "Prompt '{}' is not allowed on virtual server '{}'",
+                                    echo(&name),
+                                    self.vs.name
+                                ),
+                                403,
+                            )
+                        })
+                    }
+                }
+            }
+            Some("ref/resource") => {
+                let Some(uri) = reference.uri.as_ref().and_then(Field::as_str) else {
+                    return self.invalid(msg, method, "params.ref.uri must be a string");
+                };
+                match self.vs.resource_ref(&uri) {
+                    Lookup::Allowed(m) => self.forward(m, msg, method, None, None, None),
+                    other => BodyDecision::Deny(self.resource_denied(msg, method, &uri, &other)),
+                }
+            }
+            _ => self.invalid(
+                msg,
+                method,
+                "params.ref.type must be 'ref/prompt' or 'ref/resource'",
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum NamedKind {
+    Tool,
+    Prompt,
+}
+
+impl NamedKind {
+    fn label(self) -> &'static str {
+        match self {
+            NamedKind::Tool => "Tool",
+            NamedKind::Prompt => "Prompt",
+        }
+    }
+}

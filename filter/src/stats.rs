@@ -1,0 +1,397 @@
+//! Metric names and the fixed vocabularies that go into them.
+//!
+//! Why fixed vocabularies: Envoy never frees a stat, so every name segment that comes from a
+//! request must be drawn from a closed set. Tool segments come only from the policy
+//! ([`tool_metric`] is called with names the policy holds); methods map to [`MethodStat`] (an
+//! unknown method is `other`); denial reasons are [`Reason`]. A client cannot create a stat.
+//!
+//! Names (the `stats_tags` regexes in `envoy/` are written against exactly these):
+//!
+//! | name | type |
+//! |---|---|
+//! | `toolmesh.tool.<vs>.<mcp_server>.<tool>.calls` | counter |
+//! | `toolmesh.tool.<vs>.<mcp_server>.<tool>.errors` | counter |
+//! | `toolmesh.tool.<vs>.<mcp_server>.<tool>.denied` | counter |
+//! | `toolmesh.tool.<vs>.<mcp_server>.<tool>.latency_ms` | histogram |
+//! | `toolmesh.tool.<vs>.<mcp_server>.<tool>.last_call_ts` | gauge (Unix seconds) |
+//! | `toolmesh.vs.<vs>.rq.<method>` | counter |
+//! | `toolmesh.vs.<vs>.denied.<reason>` | counter |
+//! | `toolmesh.global.denied.<reason>` | counter |
+//!
+//! `<tool>` is the exposed tool name passed through [`crate::sanitize::stat_segment`]; `<vs>` and
+//! `<mcp_server>` are slugs (validated by the policy contract) and contain no `.`.
+
+use crate::sanitize::stat_segment;
+
+/// The kind of an Envoy metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricKind {
+    /// Monotonic counter (incremented by one).
+    Counter,
+    /// Gauge (set to a value).
+    Gauge,
+    /// Histogram (a value is recorded).
+    Histogram,
+}
+
+/// One stat update the shell applies to Envoy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatOp {
+    /// The full metric name.
+    pub name: String,
+    /// The metric's kind.
+    pub kind: MetricKind,
+    /// Counter: the increment; gauge: the new value; histogram: the recorded value.
+    pub value: u64,
+}
+
+impl StatOp {
+    /// Increment counter `name` by one.
+    pub fn inc(name: String) -> Self {
+        Self {
+            name,
+            kind: MetricKind::Counter,
+            value: 1,
+        }
+    }
+}
+
+/// Why a request was refused. Each reason is a stat name segment and appears in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The tool, prompt or resource is not in the virtual server's allowlist.
+    NotAllowed,
+    /// The name differs from an allowed one only by case, whitespace or Unicode look-alikes.
+    Lookalike,
+    /// The body is not valid JSON (or not UTF-8, or empty).
+    MalformedJson,
+    /// Valid JSON, but not a JSON-RPC 2.0 message MCP allows (wrong types, missing fields).
+    InvalidRequest,
+    /// A JSON object in the body has the same key twice.
+    DuplicateKey,
+    /// The body is a JSON array (a JSON-RPC batch); MCP 2025-06-18 removed batching.
+    Batch,
+    /// The body is larger than `limits.max_body_bytes`.
+    BodyTooLarge,
+    /// `Content-Type` is not `application/json`.
+    ContentType,
+    /// `Content-Encoding` is present and not `identity`.
+    ContentEncoding,
+    /// `Mcp-Method` or `Mcp-Name` disagrees with the body.
+    HeaderMismatch,
+    /// The HTTP method is not POST, GET or DELETE (or GET/DELETE carried a body).
+    HttpMethod,
+    /// The virtual server has no members to route to.
+    NoMember,
+    /// The path names a virtual server the policy does not have.
+    UnknownVirtualServer,
+    /// The path is not `/servers/{vs}/mcp`.
+    BadPath,
+}
+
+impl Reason {
+    /// Every reason, for documentation tests.
+    pub const ALL: [Reason; 14] = [
+        Reason::NotAllowed,
+        Reason::Lookalike,
+        Reason::MalformedJson,
+        Reason::InvalidRequest,
+        Reason::DuplicateKey,
+        Reason::Batch,
+        Reason::BodyTooLarge,
+        Reason::ContentType,
+        Reason::ContentEncoding,
+        Reason::HeaderMismatch,
+        Reason::HttpMethod,
+        Reason::NoMember,
+        Reason::UnknownVirtualServer,
+        Reason::BadPath,
+    ];
+
+    /// The stat name segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotAllowed => "not_allowed",
+            Reason::Lookalike => "lookalike",
+            Reason::MalformedJson => "malformed_json",
+            Reason::InvalidRequest => "invalid_request",
+            Reason::DuplicateKey => "duplicate_key",
+            Reason::Batch => "batch",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::ContentType => "content_type",
+            Reason::ContentEncoding => "content_encoding",
+            Reason::HeaderMismatch => "header_mismatch",
+            Reason::HttpMethod => "http_method",
+            Reason::NoMember => "no_member",
+            Reason::UnknownVirtualServer => "unknown_virtual_server",
+            Reason::BadPath => "bad_path",
+        }
+    }
+}
+
+/// The fixed set of request kinds counted in `toolmesh.vs.<vs>.rq.<method>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)] // each variant is the MCP method of the same name
+pub enum MethodStat {
+    Initialize,
+    Ping,
+    ServerDiscover,
+    ToolsList,
+    ToolsCall,
+    PromptsList,
+    PromptsGet,
+    ResourcesList,
+    ResourcesTemplatesList,
+    ResourcesRead,
+    ResourcesSubscribe,
+    ResourcesUnsubscribe,
+    CompletionComplete,
+    LoggingSetLevel,
+    NotificationsInitialized,
+    NotificationsCancelled,
+    NotificationsProgress,
+    NotificationsRootsListChanged,
+    /// A JSON-RPC response sent by the client (answer to a server request).
+    Response,
+    /// A bodiless GET (the notification stream).
+    HttpGet,
+    /// A DELETE (session end).
+    HttpDelete,
+    /// Any other method.
+    Other,
+}
+
+impl MethodStat {
+    /// Every value, for documentation tests.
+    pub const ALL: [MethodStat; 22] = [
+        MethodStat::Initialize,
+        MethodStat::Ping,
+        MethodStat::ServerDiscover,
+        MethodStat::ToolsList,
+        MethodStat::ToolsCall,
+        MethodStat::PromptsList,
+        MethodStat::PromptsGet,
+        MethodStat::ResourcesList,
+        MethodStat::ResourcesTemplatesList,
+        MethodStat::ResourcesRead,
+        MethodStat::ResourcesSubscribe,
+        MethodStat::ResourcesUnsubscribe,
+        MethodStat::CompletionComplete,
+        MethodStat::LoggingSetLevel,
+        MethodStat::NotificationsInitialized,
+        MethodStat::NotificationsCancelled,
+        MethodStat::NotificationsProgress,
+        MethodStat::NotificationsRootsListChanged,
+        MethodStat::Response,
+        MethodStat::HttpGet,
+        MethodStat::HttpDelete,
+        MethodStat::Other,
+    ];
+
+    /// Classify a JSON-RPC method name.
+    pub fn of(method: &str) -> Self {
+        match method {
+            "initialize" => Self::Initialize,
+            "ping" => Self::Ping,
+            "server/discover" => Self::ServerDiscover,
+            "tools/list" => Self::ToolsList,
+            "tools/call" => Self::ToolsCall,
+            "prompts/list" => Self::PromptsList,
+            "prompts/get" => Self::PromptsGet,
+            "resources/list" => Self::ResourcesList,
+            "resources/templates/list" => Self::ResourcesTemplatesList,
+            "resources/read" => Self::ResourcesRead,
+            "resources/subscribe" => Self::ResourcesSubscribe,
+            "resources/unsubscribe" => Self::ResourcesUnsubscribe,
+            "completion/complete" => Self::CompletionComplete,
+            "logging/setLevel" => Self::LoggingSetLevel,
+            "notifications/initialized" => Self::NotificationsInitialized,
+            "notifications/cancelled" => Self::NotificationsCancelled,
+            "notifications/progress" => Self::NotificationsProgress,
+            "notifications/roots/list_changed" => Self::NotificationsRootsListChanged,
+            _ => Self::Other,
+        }
+    }
+
+    /// The stat name segment (`/` replaced by `_`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Initialize => "initialize",
+            Self::Ping => "ping",
+            Self::ServerDiscover => "server_discover",
+            Self::ToolsList => "tools_list",
+            Self::ToolsCall => "tools_call",
+            Self::PromptsList => "prompts_list",
+            Self::PromptsGet => "prompts_get",
+            Self::ResourcesList => "resources_list",
+            Self::ResourcesTemplatesList => "resources_templates_list",
+            Self::ResourcesRead => "resources_read",
+            Self::ResourcesSubscribe => "resources_subscribe",
+            Self::ResourcesUnsubscribe => "resources_unsubscribe",
+            Self::CompletionComplete => "completion_complete",
+            Self::LoggingSetLevel => "logging_setLevel",
+            Self::NotificationsInitialized => "notifications_initialized",
+            Self::NotificationsCancelled => "notifications_cancelled",
+            Self::NotificationsProgress => "notifications_progress",
+            Self::NotificationsRootsListChanged => "notifications_roots_list_changed",
+            Self::Response => "response",
+            Self::HttpGet => "http_get",
+            Self::HttpDelete => "http_delete",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The per-tool metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolMetric {
+    /// Forwarded calls (counter).
+    Calls,
+    /// Calls that ended in an error (counter).
+    Errors,
+    /// Refused calls that named this tool (counter).
+    Denied,
+    /// Time from request headers to the end of the response, in ms (histogram).
+    LatencyMs,
+    /// Unix time of the last forwarded call, in seconds (gauge).
+    LastCallTs,
+}
+
+impl ToolMetric {
+    /// The last name segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Calls => "calls",
+            Self::Errors => "errors",
+            Self::Denied => "denied",
+            Self::LatencyMs => "latency_ms",
+            Self::LastCallTs => "last_call_ts",
+        }
+    }
+
+    /// The Envoy metric kind.
+    pub fn kind(self) -> MetricKind {
+        match self {
+            Self::Calls | Self::Errors | Self::Denied => MetricKind::Counter,
+            Self::LatencyMs => MetricKind::Histogram,
+            Self::LastCallTs => MetricKind::Gauge,
+        }
+    }
+}
+
+/// `toolmesh.tool.<vs>.<mcp_server>.<tool>.<metric>`; call only with names from the policy.
+pub fn tool_metric(vs: &str, mcp_server: &str, tool: &str, metric: ToolMetric) -> String {
+    format!(
+        "toolmesh.tool.{}.{}.{}.{}",
+        stat_segment(vs),
+        stat_segment(mcp_server),
+        stat_segment(tool),
+        metric.as_str()
+    )
+}
+
+/// `toolmesh.vs.<vs>.rq.<method>`.
+pub fn vs_rq(vs: &str, method: MethodStat) -> String {
+    format!("toolmesh.vs.{}.rq.{}", stat_segment(vs), method.as_str())
+}
+
+/// `toolmesh.vs.<vs>.denied.<reason>`.
+pub fn vs_denied(vs: &str, reason: Reason) -> String {
+    format!(
+        "toolmesh.vs.{}.denied.{}",
+        stat_segment(vs),
+        reason.as_str()
+    )
+}
+
+/// `toolmesh.global.denied.<reason>`.
+pub fn global_denied(reason: Reason) -> String {
+    format!("toolmesh.global.denied.{}", reason.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let cases = [
+            (
+                tool_metric("demo", "everything", "add", ToolMetric::Calls),
+                "toolmesh.tool.demo.everything.add.calls",
+            ),
+            (
+                tool_metric("demo", "everything", "ns.add", ToolMetric::LatencyMs),
+                "toolmesh.tool.demo.everything.ns_add.latency_ms",
+            ),
+            (
+                tool_metric("a-b", "c_d", "x/y", ToolMetric::LastCallTs),
+                "toolmesh.tool.a-b.c_d.x_y.last_call_ts",
+            ),
+            (
+                vs_rq("demo", MethodStat::of("tools/call")),
+                "toolmesh.vs.demo.rq.tools_call",
+            ),
+            (
+                vs_rq("demo", MethodStat::of("made/up")),
+                "toolmesh.vs.demo.rq.other",
+            ),
+            (
+                vs_denied("demo", Reason::Lookalike),
+                "toolmesh.vs.demo.denied.lookalike",
+            ),
+            (
+                global_denied(Reason::UnknownVirtualServer),
+                "toolmesh.global.denied.unknown_virtual_server",
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn vocabularies_are_stat_safe_and_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            assert_eq!(stat_segment(r.as_str()), r.as_str());
+            assert!(seen.insert(r.as_str()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in MethodStat::ALL {
+            assert_eq!(stat_segment(m.as_str()), m.as_str());
+            assert!(seen.insert(m.as_str()));
+        }
+    }
+
+    #[test]
+    fn method_classification_roundtrips() {
+        for m in MethodStat::ALL {
+            let method = m.as_str().replace('_', "/");
+            if !matches!(
+                m,
+                MethodStat::Response
+                    | MethodStat::HttpGet
+                    | MethodStat::HttpDelete
+                    | MethodStat::Other
+            ) && m != MethodStat::NotificationsRootsListChanged
+                && m != MethodStat::ResourcesTemplatesList
+            {
+                assert_eq!(MethodStat::of(&method), m, "{method}");
+            }
+        }
+        assert_eq!(
+            MethodStat::of("notifications/roots/list_changed"),
+            MethodStat::NotificationsRootsListChanged
+        );
+        assert_eq!(
+            MethodStat::of("resources/templates/list"),
+            MethodStat::ResourcesTemplatesList
+        );
+        assert_eq!(
+            MethodStat::of("server/discover"),
+            MethodStat::ServerDiscover
+        );
+        assert_eq!(MethodStat::of("TOOLS/CALL"), MethodStat::Other);
+    }
+}
