@@ -75,7 +75,18 @@ impl Envoy {
         upstreams: &[(&str, SocketAddr)],
         filter: Option<&FilterConfig>,
     ) -> anyhow::Result<Envoy> {
-        Self::start(bin, EnvoyConfig::static_config(upstreams, filter)).await
+        // A free port can be taken by another process between `free_port` and Envoy's bind;
+        // then try again on fresh ports.
+        let mut attempt = 1;
+        loop {
+            match Self::start(bin, EnvoyConfig::static_config(upstreams, filter)).await {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                    eprintln!("Envoy could not bind its ports (attempt {attempt}), retrying");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Starts Envoy without waiting for readiness (e.g. before its xDS server is up); call

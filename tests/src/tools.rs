@@ -46,7 +46,10 @@ pub fn missing(why: &str, fix: &str) {
              End-to-end tests may not be skipped in CI. ***\n"
         );
     }
-    eprintln!("\n*** SKIPPED: {message} ***\n");
+    // Written to the real stderr, not through `eprintln!`: the test harness captures the
+    // latter for passing tests, and a skip must be seen.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {message} ***\n");
 }
 
 fn from_env(var: &str) -> Option<PathBuf> {
