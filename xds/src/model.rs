@@ -9,6 +9,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The system CA bundle on Debian, Ubuntu and Alpine (and Envoy's official images).
+pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// Everything that changes when the catalog changes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewayModel {
@@ -46,6 +49,11 @@ pub struct GatewaySettings {
     pub max_request_bytes: u32,
     /// Timeout for opening a connection to an upstream (default 5 s).
     pub upstream_connect_timeout: Duration,
+    /// CA bundle (PEM, as Envoy sees it) that verifies `https` upstreams (default: the
+    /// Debian/Ubuntu/Alpine system bundle `/etc/ssl/certs/ca-certificates.crt`). Envoy refuses a
+    /// TLS cluster that checks the certificate's name without a trusted CA, and reads this file
+    /// when the cluster is created, so it must exist wherever an https upstream is configured.
+    pub upstream_ca_file: PathBuf,
 }
 
 impl GatewaySettings {
@@ -67,6 +75,7 @@ impl Default for GatewaySettings {
             stream_idle_timeout: Duration::from_secs(600),
             max_request_bytes: 4 * 1024 * 1024,
             upstream_connect_timeout: Duration::from_secs(5),
+            upstream_ca_file: PathBuf::from(DEFAULT_CA_FILE),
         }
     }
 }

@@ -24,7 +24,7 @@
 //!   cluster such as the xDS cluster, as `cluster_header` would allow). Anything else gets a 404
 //!   JSON-RPC error.
 //! - **Clusters**, one per upstream: `STATIC` for IP literals, `STRICT_DNS` for names, TLS with
-//!   SNI and system-root verification for `https`, HTTP/1.1, outlier detection on consecutive
+//!   SNI and certificate verification against a CA bundle for `https`, HTTP/1.1, outlier detection on consecutive
 //!   5xx, and a TCP connect health check. An HTTP health check does not fit MCP: the endpoint is
 //!   POST-only with a JSON-RPC body and GET may be 405 or an endless SSE stream.
 
@@ -56,7 +56,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
-    certificate_validation_context::SystemRootCerts, common_tls_context, subject_alt_name_matcher,
+    common_tls_context, subject_alt_name_matcher,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
@@ -680,7 +680,7 @@ fn cluster_for(u: &ParsedUpstream, settings: &GatewaySettings) -> Cluster {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
             any(&http),
         )]),
-        transport_socket: t.tls.then(|| tls_socket(&t.host)),
+        transport_socket: t.tls.then(|| tls_socket(&t.host, settings)),
         outlier_detection: Some(OutlierDetection {
             consecutive_5xx: Some(UInt32Value { value: 5 }),
             interval: Some(duration(Duration::from_secs(10))),
@@ -702,7 +702,7 @@ fn cluster_for(u: &ParsedUpstream, settings: &GatewaySettings) -> Cluster {
     }
 }
 
-fn tls_socket(host: &Host) -> TransportSocket {
+fn tls_socket(host: &Host, settings: &GatewaySettings) -> TransportSocket {
     let (san_type, sni) = match host {
         Host::Ip(_) => (subject_alt_name_matcher::SanType::IpAddress, String::new()),
         Host::Dns(name) => (subject_alt_name_matcher::SanType::Dns, name.clone()),
@@ -714,9 +714,16 @@ fn tls_socket(host: &Host) -> TransportSocket {
             validation_context_type: Some(
                 common_tls_context::ValidationContextType::ValidationContext(
                     CertificateValidationContext {
-                        // Verify the upstream against the OS trust store, and that the
-                        // certificate is for this host: TLS without verification is theatre.
-                        system_root_certs: Some(SystemRootCerts {}),
+                        // Verify the upstream against the CA bundle, and that the certificate
+                        // is for this host: TLS without verification is theatre. (Envoy 1.40
+                        // refuses SAN matching with `system_root_certs` alone: "without
+                        // trusted CA is insecure".)
+                        trusted_ca: Some(DataSource {
+                            specifier: Some(data_source::Specifier::Filename(
+                                settings.upstream_ca_file.to_string_lossy().into_owned(),
+                            )),
+                            ..Default::default()
+                        }),
                         match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
                             san_type: san_type as i32,
                             matcher: Some(StringMatcher {

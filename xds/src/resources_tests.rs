@@ -295,7 +295,12 @@ fn clusters_static_for_ips_dns_and_tls_for_https() {
     else {
         panic!("upstream TLS without certificate validation")
     };
-    assert!(vc.system_root_certs.is_some());
+    assert_eq!(
+        vc.trusted_ca.unwrap().specifier,
+        Some(data_source::Specifier::Filename(
+            crate::model::DEFAULT_CA_FILE.into()
+        ))
+    );
     assert_eq!(vc.match_typed_subject_alt_names.len(), 1);
 }
 

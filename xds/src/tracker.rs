@@ -247,12 +247,13 @@ impl StreamTracker {
 
 /// The useful part of an Envoy NACK message.
 ///
-/// Envoy 1.40 prefixes proto validation errors with a `goo.gle/debugstr` marker and a text dump
+/// Envoy 1.40 prefixes proto validation errors with a `goo.gle/debug...` marker and a text dump
 /// of the rejected resource, so the reason is at the end, after the dump's last line. Other
 /// messages are kept whole. The result is capped at 2 KiB.
 pub fn nack_reason(message: &str) -> String {
     let message = message.trim();
-    let reason = if message.contains("goo.gle/debugstr") {
+    // Seen markers: `goo.gle/debugstr` and `goo.gle/debugproto` (protobuf's debug-format tag).
+    let reason = if message.contains("goo.gle/debug") {
         message
             .rsplit('\n')
             .map(|line| line.trim_start_matches(['}', ':', ' ', '\t']).trim())

@@ -260,6 +260,12 @@ fn nack_reason_extraction() {
         ),
         "Proto constraint validation failed (bad)"
     );
+    // As Envoy 1.40 sent it for a listener with port 70000 (abridged).
+    let seen = "goo.gle/debugproto   \nname: \"toolmesh_mcp\"\naddress {\n  socket_address {\n    port_value: 70000\n  }\n}\nper_connection_buffer_limit_bytes {\n  value: 4194304\n}\n: Proto constraint validation failed (ListenerValidationError.Address: embedded message failed validation | caused by SocketAddressValidationError.PortValue: value must be less than or equal to 65535)";
+    assert_eq!(
+        nack_reason(seen),
+        "Proto constraint validation failed (ListenerValidationError.Address: embedded message failed validation | caused by SocketAddressValidationError.PortValue: value must be less than or equal to 65535)"
+    );
     let long = "x".repeat(5000);
     assert_eq!(nack_reason(&long).chars().count(), MAX_REASON_CHARS + 1);
 }
