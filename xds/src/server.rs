@@ -2,7 +2,7 @@
 //!
 //! [`XdsServer::new`] returns the server and an [`XdsHandle`]. The control plane publishes models
 //! through the handle; each connected stream runs one task that owns a
-//! [`StreamTracker`](crate::tracker::StreamTracker), reads Envoy's requests and watches the
+//! [`StreamTracker`], reads Envoy's requests and watches the
 //! current snapshot. A new snapshot pushes only the types whose version changed, in the order
 //! CDS → ECDS → LDS → RDS. The handle also reports every connected Envoy (what it accepted, what
 //! it last rejected and why) and counters for Prometheus.
