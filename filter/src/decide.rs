@@ -584,7 +584,7 @@ impl Ctx<'_> {
                 };
                 return BodyDecision::Deny(Deny {
  method: Some(method),
- tool: tool,
+ tool,
  ..self.deny(Reason::Lookalike, id, codes::INVALID_PARAMS, &format!(
                         "{} '{}' is not allowed on virtual server '{}' (names must match exactly)",
                         kind.label(),
@@ -621,7 +621,7 @@ impl Ctx<'_> {
         {
             return BodyDecision::Deny(Deny {
                 method: Some(method),
-                tool: tool,
+                tool,
                 ..self.deny(
                     Reason::HeaderMismatch,
                     id,
@@ -766,5 +766,49 @@ impl NamedKind {
             NamedKind::Tool => "Tool",
             NamedKind::Prompt => "Prompt",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let cases = [
+            ("/servers/demo/mcp", Some(("demo", None))),
+            (
+                "/servers/demo/mcp?session=1",
+                Some(("demo", Some("session=1"))),
+            ),
+            ("/servers/demo/mcp?", Some(("demo", Some("")))),
+            ("/servers/a-b_c9/mcp", Some(("a-b_c9", None))),
+            ("/servers/demo/mcp/", None),
+            ("/servers/demo/mcp/../x", None),
+            ("/servers/demo/../demo/mcp", None),
+            ("/servers/de%6Do/mcp", None),
+            ("/servers/demo%2Fmcp", None),
+            ("/servers/Demo/mcp", None),
+            ("/servers//mcp", None),
+            ("/servers/demo//mcp", None),
+            ("//servers/demo/mcp", None),
+            ("/servers/demo/sse", None),
+            ("/servers/demo/mcpx", None),
+            ("/servers/./mcp", None),
+            ("/servers/demo/mcp#x", None),
+            ("/mcp", None),
+            ("", None),
+            ("*", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(parse_path(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn echo_truncates() {
+        assert_eq!(echo("abc"), "abc");
+        let long = "x".repeat(500);
+        assert_eq!(echo(&long).chars().count(), ECHO_MAX + 1);
     }
 }

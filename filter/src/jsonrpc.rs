@@ -305,7 +305,7 @@ impl<'de> Keys<'de> {
         if let Some(set) = &mut self.large {
             return set.insert(key);
         }
-        if self.small.iter().any(|k| *k == key) {
+        if self.small.contains(&key) {
             return false;
         }
         self.small.push(key);

@@ -16,6 +16,7 @@
 )]
 
 pub mod decide;
+pub mod flow;
 pub mod jsonrpc;
 pub mod lists;
 pub mod outcome;

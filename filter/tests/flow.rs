@@ -1,0 +1,973 @@
+//! The filter's behaviour through its public state machine: every request form the filter
+#![allow(clippy::type_complexity)] // table-driven cases are tuples
+//! must forward or refuse, what it answers, and exactly which stats it records.
+
+use std::rc::Rc;
+
+use serde_json::{Value, json};
+use toolmesh_filter::decide::{RequestHead, Route};
+use toolmesh_filter::flow::{Flow, RequestAction, ResponseBodyMode};
+use toolmesh_filter::policy::CompiledPolicy;
+use toolmesh_filter::stats::{MetricKind, StatOp};
+
+const POLICY: &str = r#"{
+  "schema_version": 1,
+  "catalog_version": "c1",
+  "limits": {"max_body_bytes": 2048},
+  "virtual_servers": [
+    {"name": "demo", "members": [
+      {"mcp_server": "everything", "cluster": "up_everything", "path": "/mcp",
+       "tools": [
+         {"name": "echo", "upstream_name": "echo"},
+         {"name": "add", "upstream_name": "add_numbers"},
+         {"name": "ns.tool", "upstream_name": "ns.tool"}
+       ],
+       "prompts": [{"name": "greet", "upstream_name": "simple_prompt"}],
+       "resources": [{"uri": "test://static-text"}],
+       "resource_templates": [{"uri_template": "test://template/{id}/data"}]},
+      {"mcp_server": "weather", "cluster": "up_weather", "path": "/v1/mcp",
+       "tools": [{"name": "forecast", "upstream_name": "get_forecast"}]}
+    ]},
+    {"name": "empty", "members": []}
+  ]
+}"#;
+
+fn policy() -> Rc<CompiledPolicy> {
+    Rc::new(CompiledPolicy::from_json(POLICY.as_bytes()).expect("policy"))
+}
+
+fn post(path: &str) -> RequestHead<'_> {
+    RequestHead {
+        method: "POST",
+        path,
+        content_type: Some("application/json"),
+        content_encoding: None,
+        content_length: None,
+        mcp_method: None,
+        mcp_name: None,
+        end_of_stream: false,
+    }
+}
+
+/// Run a POST through headers and body; the action and the stats.
+fn run(head: &RequestHead<'_>, body: &str) -> (RequestAction, Vec<StatOp>, Flow) {
+    let mut flow = Flow::new(policy());
+    let action = match flow.on_request_headers(head, 1_000_000) {
+        RequestAction::ReadBody => flow.on_request_body(body.as_bytes(), 1_000_001),
+        other => other,
+    };
+    let stats = flow.take_stats();
+    (action, stats, flow)
+}
+
+fn counters(stats: &[StatOp]) -> Vec<String> {
+    stats
+        .iter()
+        .filter(|s| s.kind == MetricKind::Counter)
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+fn call(id: &str, name: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}","arguments":{{"a":1}}}}}}"#
+    )
+}
+
+fn route(action: &RequestAction) -> &Route {
+    match action {
+        RequestAction::Forward(r) => r,
+        other => panic!("expected forward, got {other:?}"),
+    }
+}
+
+fn denial(action: &RequestAction) -> (u16, Value) {
+    match action {
+        RequestAction::Deny(r) => (
+            r.status,
+            serde_json::from_slice(&r.body).expect("json body"),
+        ),
+        other => panic!("expected deny, got {other:?}"),
+    }
+}
+
+#[test]
+fn allowed_calls_are_routed_to_the_owning_member() {
+    // (path, body, mcp-name header, cluster, :path, rewritten body, mcp-name rewrite)
+    let cases: Vec<(
+        &str,
+        String,
+        Option<&str>,
+        &str,
+        &str,
+        Option<String>,
+        Option<&str>,
+    )> = vec![
+        (
+            "/servers/demo/mcp",
+            call("1", "echo"),
+            None,
+            "up_everything",
+            "/mcp",
+            None,
+            None,
+        ),
+        (
+            "/servers/demo/mcp",
+            call("1", "add"),
+            None,
+            "up_everything",
+            "/mcp",
+            Some(call("1", "add_numbers")),
+            None,
+        ),
+        (
+            "/servers/demo/mcp",
+            call("1", "add"),
+            Some("add"),
+            "up_everything",
+            "/mcp",
+            Some(call("1", "add_numbers")),
+            Some("add_numbers"),
+        ),
+        (
+            "/servers/demo/mcp?x=1&y=2",
+            call("\"a\"", "forecast"),
+            Some("=?base64?Zm9yZWNhc3Q=?="),
+            "up_weather",
+            "/v1/mcp?x=1&y=2",
+            Some(call("\"a\"", "get_forecast")),
+            Some("get_forecast"),
+        ),
+        // JSON escapes are decoded before matching; the rename replaces the escaped token.
+        (
+            "/servers/demo/mcp",
+            call("1", "\\u0061dd"),
+            None,
+            "up_everything",
+            "/mcp",
+            Some(call("1", "add_numbers")),
+            None,
+        ),
+        (
+            "/servers/demo/mcp",
+            call("1", "ns.tool"),
+            Some("ns.tool"),
+            "up_everything",
+            "/mcp",
+            None,
+            None,
+        ),
+    ];
+    for (path, body, mcp_name, cluster, new_path, new_body, new_mcp_name) in cases {
+        let mut head = post(path);
+        head.mcp_name = mcp_name;
+        let (action, _, _) = run(&head, &body);
+        let r = route(&action);
+        assert_eq!(r.cluster, cluster, "{body}");
+        assert_eq!(r.path, new_path, "{body}");
+        assert_eq!(
+            r.body
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+            new_body,
+            "{body}"
+        );
+        assert_eq!(r.mcp_name.as_deref(), new_mcp_name, "{body}");
+    }
+}
+
+#[test]
+fn other_methods_go_to_the_primary_member() {
+    let cases = [
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+            "toolmesh.vs.demo.rq.initialize",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            "toolmesh.vs.demo.rq.ping",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            "toolmesh.vs.demo.rq.notifications_initialized",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":9,"result":{"action":"accept"}}"#,
+            "toolmesh.vs.demo.rq.response",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"x"}}"#,
+            "toolmesh.vs.demo.rq.tools_list",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"logging/setLevel","params":{"level":"debug"}}"#,
+            "toolmesh.vs.demo.rq.logging_setLevel",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"made/up","params":{"name":"zzz"}}"#,
+            "toolmesh.vs.demo.rq.other",
+        ),
+    ];
+    for (body, stat) in cases {
+        let (action, stats, _) = run(&post("/servers/demo/mcp"), body);
+        let r = route(&action);
+        assert_eq!(
+            (r.cluster.as_str(), r.path.as_str(), r.body.is_none()),
+            ("up_everything", "/mcp", true),
+            "{body}"
+        );
+        assert_eq!(counters(&stats), vec![stat.to_string()], "{body}");
+    }
+}
+
+#[test]
+fn resources_prompts_and_completions() {
+    let cases = [
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"test://static-text"}}"#,
+            None,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"test://template/42/data"}}"#,
+            None,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"test://static-text"}}"#,
+            None,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/unsubscribe","params":{"uri":"test://static-text"}}"#,
+            None,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"greet","arguments":{}}}"#,
+            Some(
+                r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"simple_prompt","arguments":{}}}"#,
+            ),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"greet"},"argument":{"name":"x","value":"y"}}}"#,
+            Some(
+                r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"simple_prompt"},"argument":{"name":"x","value":"y"}}}"#,
+            ),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"test://template/{id}/data"},"argument":{"name":"id","value":"4"}}}"#,
+            None,
+        ),
+    ];
+    for (body, rewritten) in cases {
+        let (action, _, _) = run(&post("/servers/demo/mcp"), body);
+        let r = route(&action);
+        assert_eq!(r.cluster, "up_everything", "{body}");
+        assert_eq!(
+            r.body
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .as_deref(),
+            rewritten,
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn denials_with_an_id_are_http_200_jsonrpc_errors() {
+    // (body, mcp-method, mcp-name, code, message fragment, counters)
+    let cases: Vec<(String, Option<&str>, Option<&str>, i64, &str, Vec<&str>)> = vec![
+        (
+            call("7", "secret"),
+            None,
+            None,
+            -32602,
+            "Tool 'secret' is not allowed on virtual server 'demo'",
+            vec!["toolmesh.vs.demo.rq.tools_call", "toolmesh.vs.demo.denied.not_allowed"],
+        ),
+        (
+            call("7", "add_numbers"),
+            None,
+            None,
+            -32602,
+            "Tool 'add_numbers' is not allowed",
+            vec!["toolmesh.vs.demo.rq.tools_call", "toolmesh.vs.demo.denied.not_allowed"],
+        ),
+        (
+            call("7", "ADD"),
+            None,
+            None,
+            -32602,
+            "Tool 'ADD' is not allowed on virtual server 'demo' (names must match exactly)",
+            vec![
+                "toolmesh.vs.demo.rq.tools_call",
+                "toolmesh.vs.demo.denied.lookalike",
+                "toolmesh.tool.demo.everything.add.denied",
+            ],
+        ),
+        (
+            call("7", "\u{0435}cho"),
+            None,
+            None,
+            -32602,
+            "is not allowed",
+            vec![
+                "toolmesh.vs.demo.rq.tools_call",
+                "toolmesh.vs.demo.denied.lookalike",
+                "toolmesh.tool.demo.everything.echo.denied",
+            ],
+        ),
+        (
+            call("7", " echo"),
+            None,
+            None,
+            -32602,
+            "is not allowed",
+            vec![
+                "toolmesh.vs.demo.rq.tools_call",
+                "toolmesh.vs.demo.denied.lookalike",
+                "toolmesh.tool.demo.everything.echo.denied",
+            ],
+        ),
+        (
+            call("7", "echo"),
+            Some("tools/list"),
+            None,
+            -32020,
+            "Mcp-Method header does not match",
+            vec!["toolmesh.vs.demo.rq.tools_call", "toolmesh.vs.demo.denied.header_mismatch"],
+        ),
+        (
+            call("7", "echo"),
+            Some("tools/call"),
+            Some("add"),
+            -32020,
+            "Mcp-Name header does not match",
+            vec![
+                "toolmesh.vs.demo.rq.tools_call",
+                "toolmesh.vs.demo.denied.header_mismatch",
+                "toolmesh.tool.demo.everything.echo.denied",
+            ],
+        ),
+        (
+            call("7", "echo"),
+            None,
+            Some("=?base64?bad?="),
+            -32020,
+            "Mcp-Name header does not match",
+            vec![
+                "toolmesh.vs.demo.rq.tools_call",
+                "toolmesh.vs.demo.denied.header_mismatch",
+                "toolmesh.tool.demo.everything.echo.denied",
+            ],
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"file:///etc/passwd"}}"#.into(),
+            None,
+            None,
+            -32002,
+            "Resource 'file:///etc/passwd' is not allowed on virtual server 'demo'",
+            vec!["toolmesh.vs.demo.rq.resources_read", "toolmesh.vs.demo.denied.not_allowed"],
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"test://template/../secret/data"}}"#.into(),
+            None,
+            None,
+            -32002,
+            "is not allowed",
+            vec!["toolmesh.vs.demo.rq.resources_read", "toolmesh.vs.demo.denied.not_allowed"],
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":"test://static-text"}}"#.into(),
+            None,
+            Some("test://other"),
+            -32020,
+            "Mcp-Name header does not match the request body's 'uri'",
+            vec!["toolmesh.vs.demo.rq.resources_read", "toolmesh.vs.demo.denied.header_mismatch"],
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"prompts/get","params":{"name":"simple_prompt"}}"#.into(),
+            None,
+            None,
+            -32602,
+            "Prompt 'simple_prompt' is not allowed on virtual server 'demo'",
+            vec!["toolmesh.vs.demo.rq.prompts_get", "toolmesh.vs.demo.denied.not_allowed"],
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"other"}}}"#.into(),
+            None,
+            None,
+            -32602,
+            "Prompt 'other' is not allowed",
+            vec!["toolmesh.vs.demo.rq.completion_complete", "toolmesh.vs.demo.denied.not_allowed"],
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"test://nope/{x}"}}}"#.into(),
+            None,
+            None,
+            -32002,
+            "Resource 'test://nope/{x}' is not allowed",
+            vec!["toolmesh.vs.demo.rq.completion_complete", "toolmesh.vs.demo.denied.not_allowed"],
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"completion/complete","params":{"ref":{"type":"ref/tool","name":"echo"}}}"#.into(),
+            None,
+            None,
+            -32600,
+            "params.ref.type",
+            vec!["toolmesh.vs.demo.rq.completion_complete", "toolmesh.vs.demo.denied.invalid_request"],
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"arguments":{"name":"echo"}}}"#.into(),
+            None,
+            None,
+            -32600,
+            "params.name is required",
+            vec!["toolmesh.vs.demo.rq.tools_call", "toolmesh.vs.demo.denied.invalid_request"],
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":["echo"]}}"#.into(),
+            None,
+            None,
+            -32600,
+            "params.name must be a string",
+            vec!["toolmesh.vs.demo.rq.tools_call", "toolmesh.vs.demo.denied.invalid_request"],
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","name":"secret"}}"#.into(),
+            None,
+            None,
+            -32600,
+            "repeats the key 'name'",
+            vec!["toolmesh.vs.demo.denied.duplicate_key"],
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"secret","n\u0061me":"echo"}}"#.into(),
+            None,
+            None,
+            -32600,
+            "repeats the key 'name'",
+            vec!["toolmesh.vs.demo.denied.duplicate_key"],
+        ),
+        (
+            r#"{"jsonrpc":"1.0","id":7,"method":"tools/call","params":{"name":"echo"}}"#.into(),
+            None,
+            None,
+            -32600,
+            "jsonrpc must be",
+            vec!["toolmesh.vs.demo.denied.invalid_request"],
+        ),
+    ];
+    for (body, mcp_method, mcp_name, code, fragment, want_counters) in cases {
+        let mut head = post("/servers/demo/mcp");
+        head.mcp_method = mcp_method;
+        head.mcp_name = mcp_name;
+        let (action, stats, _) = run(&head, &body);
+        let (status, reply) = denial(&action);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(reply["jsonrpc"], json!("2.0"), "{body}");
+        assert_eq!(reply["id"], json!(7), "{body}");
+        assert_eq!(reply["error"]["code"], json!(code), "{body}");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(fragment), "{body}: {message}");
+        assert_eq!(counters(&stats), want_counters, "{body}");
+    }
+}
+
+#[test]
+fn denials_without_an_id_are_4xx_with_a_null_id() {
+    let cases: Vec<(&str, &str, u16, i64, &str, &str)> = vec![
+        (
+            "/servers/demo/mcp",
+            "{not json",
+            400,
+            -32700,
+            "not valid JSON",
+            "toolmesh.vs.demo.denied.malformed_json",
+        ),
+        (
+            "/servers/demo/mcp",
+            "",
+            400,
+            -32700,
+            "not valid JSON",
+            "toolmesh.vs.demo.denied.malformed_json",
+        ),
+        (
+            "/servers/demo/mcp",
+            r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}]"#,
+            400,
+            -32600,
+            "batches are not supported by this gateway",
+            "toolmesh.vs.demo.denied.batch",
+        ),
+        (
+            "/servers/demo/mcp",
+            r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"secret"}}"#,
+            403,
+            -32602,
+            "Tool 'secret' is not allowed",
+            "toolmesh.vs.demo.denied.not_allowed",
+        ),
+        (
+            "/servers/demo/mcp",
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
+            400,
+            -32600,
+            "repeats the key 'id'",
+            "toolmesh.vs.demo.denied.duplicate_key",
+        ),
+        (
+            "/servers/demo/mcp",
+            r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+            400,
+            -32600,
+            "id must be",
+            "toolmesh.vs.demo.denied.invalid_request",
+        ),
+        (
+            "/servers/demo/mcp",
+            "12",
+            400,
+            -32600,
+            "not a JSON object",
+            "toolmesh.vs.demo.denied.invalid_request",
+        ),
+    ];
+    for (path, body, status, code, fragment, stat) in cases {
+        let (action, stats, _) = run(&post(path), body);
+        let (got_status, reply) = denial(&action);
+        assert_eq!(got_status, status, "{body}");
+        assert_eq!(reply["id"], Value::Null, "{body}");
+        assert_eq!(reply["error"]["code"], json!(code), "{body}");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(fragment), "{body}: {message}");
+        assert!(
+            counters(&stats).contains(&stat.to_string()),
+            "{body}: {stats:?}"
+        );
+    }
+}
+
+#[test]
+fn header_checks_refuse_before_reading_the_body() {
+    let huge = "99999999";
+    let cases: Vec<(RequestHead<'static>, u16, &str)> = vec![
+        (
+            RequestHead {
+                content_type: Some("text/plain"),
+                ..post("/servers/demo/mcp")
+            },
+            415,
+            "toolmesh.vs.demo.denied.content_type",
+        ),
+        (
+            RequestHead {
+                content_type: None,
+                ..post("/servers/demo/mcp")
+            },
+            415,
+            "toolmesh.vs.demo.denied.content_type",
+        ),
+        (
+            RequestHead {
+                content_encoding: Some("gzip"),
+                ..post("/servers/demo/mcp")
+            },
+            415,
+            "toolmesh.vs.demo.denied.content_encoding",
+        ),
+        (
+            RequestHead {
+                content_encoding: Some("identity, br"),
+                ..post("/servers/demo/mcp")
+            },
+            415,
+            "toolmesh.vs.demo.denied.content_encoding",
+        ),
+        (
+            RequestHead {
+                content_length: Some(huge),
+                ..post("/servers/demo/mcp")
+            },
+            413,
+            "toolmesh.vs.demo.denied.body_too_large",
+        ),
+        (
+            RequestHead {
+                content_length: Some("-1"),
+                ..post("/servers/demo/mcp")
+            },
+            413,
+            "toolmesh.vs.demo.denied.body_too_large",
+        ),
+        (
+            RequestHead {
+                end_of_stream: true,
+                ..post("/servers/demo/mcp")
+            },
+            400,
+            "toolmesh.vs.demo.denied.malformed_json",
+        ),
+        (
+            RequestHead {
+                method: "PUT",
+                ..post("/servers/demo/mcp")
+            },
+            405,
+            "toolmesh.vs.demo.denied.http_method",
+        ),
+        (
+            RequestHead {
+                method: "GET",
+                end_of_stream: false,
+                ..post("/servers/demo/mcp")
+            },
+            400,
+            "toolmesh.vs.demo.denied.http_method",
+        ),
+        (
+            post("/servers/demo/mcp/../x"),
+            404,
+            "toolmesh.global.denied.bad_path",
+        ),
+        (
+            post("/servers/de%6Do/mcp"),
+            404,
+            "toolmesh.global.denied.bad_path",
+        ),
+        (post("/"), 404, "toolmesh.global.denied.bad_path"),
+        (
+            RequestHead {
+                method: "GET",
+                end_of_stream: true,
+                ..post("/servers/nope/mcp")
+            },
+            404,
+            "toolmesh.global.denied.unknown_virtual_server",
+        ),
+    ];
+    for (head, status, stat) in cases {
+        let mut flow = Flow::new(policy());
+        let action = flow.on_request_headers(&head, 0);
+        let (got, reply) = denial(&action);
+        assert_eq!(got, status, "{head:?}");
+        assert_eq!(reply["jsonrpc"], json!("2.0"));
+        assert_eq!(
+            counters(&flow.take_stats()),
+            vec![stat.to_string()],
+            "{head:?}"
+        );
+    }
+    // Content-Type parameters and case are accepted.
+    let mut flow = Flow::new(policy());
+    let head = RequestHead {
+        content_type: Some("Application/JSON; charset=utf-8"),
+        content_encoding: Some("identity"),
+        ..post("/servers/demo/mcp")
+    };
+    assert_eq!(flow.on_request_headers(&head, 0), RequestAction::ReadBody);
+}
+
+#[test]
+fn bodies_over_the_cap_are_refused_while_streaming_and_at_the_end() {
+    let mut flow = Flow::new(policy());
+    assert_eq!(
+        flow.on_request_headers(&post("/servers/demo/mcp"), 0),
+        RequestAction::ReadBody
+    );
+    assert_eq!(flow.on_request_body_progress(2048), None);
+    let reply = flow.on_request_body_progress(2049).expect("refused");
+    assert_eq!(reply.status, 413);
+    assert_eq!(
+        counters(&flow.take_stats()),
+        vec!["toolmesh.vs.demo.denied.body_too_large".to_string()]
+    );
+
+    let big = call("1", &"x".repeat(3000));
+    let (action, stats, _) = run(&post("/servers/demo/mcp"), &big);
+    assert_eq!(denial(&action).0, 413);
+    assert_eq!(
+        counters(&stats),
+        vec!["toolmesh.vs.demo.denied.body_too_large".to_string()]
+    );
+}
+
+#[test]
+fn unknown_virtual_servers_are_404_with_the_request_id() {
+    let (action, stats, _) = run(&post("/servers/nope/mcp"), &call("5", "echo"));
+    let (status, reply) = denial(&action);
+    assert_eq!(status, 404);
+    assert_eq!(reply["id"], json!(5));
+    assert_eq!(
+        reply["error"]["message"],
+        json!("Virtual server 'nope' does not exist")
+    );
+    assert_eq!(
+        counters(&stats),
+        vec!["toolmesh.global.denied.unknown_virtual_server".to_string()]
+    );
+
+    let (action, _, _) = run(&post("/servers/nope/mcp"), "garbage");
+    assert_eq!(denial(&action).1["id"], Value::Null);
+}
+
+#[test]
+fn a_virtual_server_without_members_refuses() {
+    let (action, stats, _) = run(
+        &post("/servers/empty/mcp"),
+        r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#,
+    );
+    let (status, reply) = denial(&action);
+    assert_eq!(
+        (status, reply["error"]["code"].clone()),
+        (200, json!(-32603))
+    );
+    assert_eq!(
+        counters(&stats),
+        vec![
+            "toolmesh.vs.empty.rq.ping".to_string(),
+            "toolmesh.vs.empty.denied.no_member".to_string()
+        ]
+    );
+    let mut flow = Flow::new(policy());
+    let head = RequestHead {
+        method: "DELETE",
+        end_of_stream: true,
+        ..post("/servers/empty/mcp")
+    };
+    assert_eq!(denial(&flow.on_request_headers(&head, 0)).0, 503);
+}
+
+#[test]
+fn bodiless_get_and_delete_go_to_the_primary() {
+    for (method, stat) in [
+        ("GET", "toolmesh.vs.demo.rq.http_get"),
+        ("DELETE", "toolmesh.vs.demo.rq.http_delete"),
+    ] {
+        let mut flow = Flow::new(policy());
+        let head = RequestHead {
+            method,
+            end_of_stream: true,
+            content_type: None,
+            ..post("/servers/demo/mcp?s=1")
+        };
+        let action = flow.on_request_headers(&head, 0);
+        let r = route(&action);
+        assert_eq!(
+            (r.cluster.as_str(), r.path.as_str()),
+            ("up_everything", "/mcp?s=1")
+        );
+        assert_eq!(counters(&flow.take_stats()), vec![stat.to_string()]);
+    }
+}
+
+/// Forward an allowed `tools/call` for `echo` with id 7 at t=1_000_000 ms.
+fn forwarded_call() -> Flow {
+    let mut flow = Flow::new(policy());
+    assert_eq!(
+        flow.on_request_headers(&post("/servers/demo/mcp"), 1_000_000),
+        RequestAction::ReadBody
+    );
+    assert!(matches!(
+        flow.on_request_body(call("7", "echo").as_bytes(), 1_000_000),
+        RequestAction::Forward(_)
+    ));
+    let stats = flow.take_stats();
+    assert_eq!(
+        stats,
+        vec![
+            StatOp {
+                name: "toolmesh.vs.demo.rq.tools_call".into(),
+                kind: MetricKind::Counter,
+                value: 1
+            },
+            StatOp {
+                name: "toolmesh.tool.demo.everything.echo.calls".into(),
+                kind: MetricKind::Counter,
+                value: 1
+            },
+            StatOp {
+                name: "toolmesh.tool.demo.everything.echo.last_call_ts".into(),
+                kind: MetricKind::Gauge,
+                value: 1000
+            },
+        ]
+    );
+    flow
+}
+
+fn latency(ms: u64) -> StatOp {
+    StatOp {
+        name: "toolmesh.tool.demo.everything.echo.latency_ms".into(),
+        kind: MetricKind::Histogram,
+        value: ms,
+    }
+}
+
+fn errors() -> StatOp {
+    StatOp {
+        name: "toolmesh.tool.demo.everything.echo.errors".into(),
+        kind: MetricKind::Counter,
+        value: 1,
+    }
+}
+
+#[test]
+fn call_outcomes_are_observed_without_touching_the_stream() {
+    let ok_json = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hi"}]}}"#;
+    let is_error = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"isError":true}}"#;
+    let rpc_error = r#"{"jsonrpc":"2.0","id":7,"error":{"code":-32603,"message":"boom"}}"#;
+    let progress = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n";
+    // (status, content type, body chunks, error?)
+    let cases: Vec<(u16, &str, Vec<String>, bool)> = vec![
+        (200, "application/json", vec![ok_json.into()], false),
+        (
+            200,
+            "application/json",
+            vec![is_error[..10].into(), is_error[10..].into()],
+            true,
+        ),
+        (200, "application/json", vec![rpc_error.into()], true),
+        (500, "application/json", vec![ok_json.into()], true),
+        (
+            503,
+            "text/plain",
+            vec!["upstream connect error".into()],
+            true,
+        ),
+        (
+            200,
+            "text/event-stream",
+            vec![
+                progress.into(),
+                format!("event: message\ndata: {ok_json}\n\n"),
+            ],
+            false,
+        ),
+        (
+            200,
+            "text/event-stream",
+            vec![progress.into(), format!("data: {is_error}\n\n")],
+            true,
+        ),
+        (
+            200,
+            "text/event-stream",
+            vec![format!("data: {rpc_error}\n\n")],
+            true,
+        ),
+    ];
+    for (status, ct, chunks, want_error) in cases {
+        let mut flow = forwarded_call();
+        let action = flow.on_response_headers(status, Some(ct), false, 1_000_010);
+        assert_eq!(action.body, ResponseBodyMode::Observe);
+        assert!(!action.remove_content_length);
+        let n = chunks.len();
+        for (i, c) in chunks.iter().enumerate() {
+            let out = flow.on_response_body(c.as_bytes(), i + 1 == n, 1_000_250);
+            assert_eq!(out, None, "calls are never rewritten");
+        }
+        flow.on_done(1_000_300);
+        let mut want = Vec::new();
+        if want_error {
+            want.push(errors());
+        }
+        want.push(latency(250));
+        assert_eq!(flow.take_stats(), want, "{status} {ct} {chunks:?}");
+    }
+}
+
+#[test]
+fn a_response_that_never_completes_is_an_error() {
+    // Reset before any response.
+    let mut flow = forwarded_call();
+    flow.on_done(1_000_042);
+    assert_eq!(flow.take_stats(), vec![errors(), latency(42)]);
+    // Reset in the middle of an SSE stream.
+    let mut flow = forwarded_call();
+    flow.on_response_headers(200, Some("text/event-stream"), false, 1_000_001);
+    flow.on_response_body(
+        b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n",
+        false,
+        1_000_002,
+    );
+    flow.on_done(1_000_500);
+    assert_eq!(flow.take_stats(), vec![errors(), latency(500)]);
+    // A response without a body ends at the headers.
+    let mut flow = forwarded_call();
+    flow.on_response_headers(202, None, true, 1_000_003);
+    flow.on_done(1_000_900);
+    assert_eq!(flow.take_stats(), vec![latency(3)]);
+}
+
+#[test]
+fn list_responses_are_filtered_as_json_and_as_sse() {
+    let list_request = r#"{"jsonrpc":"2.0","id":"L","method":"tools/list"}"#;
+    let upstream = r#"{"jsonrpc":"2.0","id":"L","result":{"tools":[{"name":"echo"},{"name":"add_numbers"},{"name":"printEnv"}],"nextCursor":"n2"}}"#;
+    let want = json!({"jsonrpc":"2.0","id":"L","result":{"tools":[{"name":"echo"},{"name":"add"}],"nextCursor":"n2"}});
+
+    // JSON: buffered, replaced at the end, content-length removed.
+    let (action, _, mut flow) = run(&post("/servers/demo/mcp"), list_request);
+    route(&action);
+    let h = flow.on_response_headers(200, Some("application/json"), false, 0);
+    assert_eq!(
+        (h.body, h.remove_content_length),
+        (ResponseBodyMode::Buffer, true)
+    );
+    assert_eq!(flow.on_response_body(b"partial", false, 0), None);
+    let out = flow
+        .on_response_body(upstream.as_bytes(), true, 0)
+        .expect("replacement");
+    assert_eq!(serde_json::from_slice::<Value>(&out).expect("json"), want);
+
+    // SSE: event by event, whatever the chunking.
+    let stream = format!(
+        "id: 0\ndata:\n\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{}}}}\n\nevent: message\ndata: {upstream}\n\n"
+    );
+    for cut in [1, 7, 20, 64, stream.len()] {
+        let (_, _, mut flow) = run(&post("/servers/demo/mcp"), list_request);
+        let h = flow.on_response_headers(200, Some("text/event-stream"), false, 0);
+        assert_eq!(
+            (h.body, h.remove_content_length),
+            (ResponseBodyMode::Stream, true)
+        );
+        let mut out = Vec::new();
+        let chunks: Vec<&[u8]> = stream.as_bytes().chunks(cut).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            out.extend(
+                flow.on_response_body(c, i + 1 == chunks.len(), 0)
+                    .expect("stream output"),
+            );
+        }
+        let text = String::from_utf8(out).expect("utf8");
+        let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 3, "cut {cut}: {text}");
+        assert_eq!(events[0], "id: 0\ndata:");
+        assert!(events[1].contains("notifications/message"));
+        let data = events[2]
+            .strip_prefix("event: message\ndata: ")
+            .expect("data");
+        assert_eq!(
+            serde_json::from_str::<Value>(data).expect("json"),
+            want,
+            "cut {cut}"
+        );
+    }
+
+    // An error status passes untouched.
+    let (_, _, mut flow) = run(&post("/servers/demo/mcp"), list_request);
+    let h = flow.on_response_headers(400, Some("application/json"), false, 0);
+    assert_eq!(
+        (h.body, h.remove_content_length),
+        (ResponseBodyMode::Pass, false)
+    );
+}
+
+#[test]
+fn denied_requests_ignore_the_local_reply_on_the_way_out() {
+    let (_, _, mut flow) = run(&post("/servers/demo/mcp"), &call("1", "secret"));
+    let h = flow.on_response_headers(200, Some("application/json"), false, 0);
+    assert_eq!(h.body, ResponseBodyMode::Pass);
+    flow.on_done(5);
+    assert!(flow.take_stats().is_empty());
+}
