@@ -206,6 +206,31 @@ impl TestApp {
         token: Option<&str>,
         content_type: &str,
     ) -> (StatusCode, Value) {
+        self.raw_on(&self.router, method, path, body, token, content_type)
+            .await
+    }
+
+    /// A router over the same store with another discovery timeout.
+    pub fn router_with_discovery_timeout(&self, timeout: Duration) -> axum::Router {
+        let settings = toolmesh::api::ApiSettings {
+            public_mcp_url: self.config.public_mcp_url.clone(),
+            discovery_timeout: timeout,
+        };
+        toolmesh::router(AppState {
+            settings: std::sync::Arc::new(settings),
+            ..self.state.clone()
+        })
+    }
+
+    pub async fn raw_on(
+        &self,
+        router: &axum::Router,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        token: Option<&str>,
+        content_type: &str,
+    ) -> (StatusCode, Value) {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -217,7 +242,7 @@ impl TestApp {
             None => req.body(Body::empty()),
         }
         .expect("request");
-        let resp = self.router.clone().oneshot(req).await.expect("infallible");
+        let resp = router.clone().oneshot(req).await.expect("infallible");
         let status = resp.status();
         let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024 * 1024)
             .await
