@@ -20,6 +20,8 @@
 //! parsing, and returns those objects untouched. rmcp still drives the protocol (handshake,
 //! sessions, cursors, errors); only the payload we store bypasses its model. Should a raw page
 //! ever be unavailable, the item falls back to rmcp's serialization and a warning is logged.
+//! "Exactly" means JSON equality: `serde_json::Value` objects do not keep key order, so compare
+//! values, never serialized bytes.
 //!
 //! # Failure model
 //!
@@ -43,6 +45,14 @@
 //! crate's own small implementation of rmcp's `Transport` trait (module `legacy_sse`): `GET`
 //! the SSE endpoint, wait for the `endpoint` event, `POST` messages there, read replies from
 //! the stream.
+//!
+//! # Watching for changes
+//!
+//! [`watch`] / [`watch_with`] keep a session open per upstream and report
+//! `notifications/{tools,prompts,resources}/list_changed` as [`ListChanged`] values, plus
+//! [`ListChanged::Resync`] after every (re)connection; the control plane answers any of them by
+//! running [`discover`] again. See the `watch` module docs for its limits (stateless servers
+//! have no notification stream).
 
 mod client;
 mod errors;

@@ -33,22 +33,50 @@ fn page_two() -> Value {
     })
 }
 
+/// How the mini server behaves.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Speaks 2025-06-18 (initialize handshake).
+    Legacy,
+    /// Speaks only 2026-07-28: rejects `initialize`, answers `server/discover`.
+    ModernOnly,
+    /// Like `Legacy`, but never answers this method.
+    HangOn(&'static str),
+}
+
 /// Answers one JSON-RPC message the way a tiny MCP server would. `None`: hang forever.
-fn answer(message: &Value, hang_on: Option<&str>) -> Option<(u16, Value)> {
+fn answer(message: &Value, mode: Mode) -> Option<(u16, Value)> {
     let method = message["method"].as_str().unwrap_or_default();
-    if Some(method) == hang_on {
+    if matches!(mode, Mode::HangOn(m) if m == method) {
         return None;
     }
     let id = message["id"].clone();
+    let modern = matches!(mode, Mode::ModernOnly);
     let result = match method {
+        "initialize" if modern => {
+            return Some((
+                200,
+                json!({"jsonrpc": "2.0", "id": id,
+                       "error": {"code": -32601, "message": "initialize is not supported"}}),
+            ));
+        }
+        "server/discover" if modern => json!({
+            "resultType": "complete",
+            "supportedVersions": ["2026-07-28"],
+            "capabilities": {"tools": {}},
+            "instructions": "modern mini",
+            "ttlMs": 0,
+            "cacheScope": "private",
+            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "mini-modern", "version": "2"}}
+        }),
         "initialize" => json!({
             "protocolVersion": "2025-06-18",
             "capabilities": {"tools": {"listChanged": false}, "experimental": {"x-mini": {}}},
             "serverInfo": {"name": "mini", "version": "0.0.1", "x-build": "abc"}
         }),
         "tools/list" => match message["params"]["cursor"].as_str() {
-            None => json!({"tools": [page_one()], "nextCursor": "p2"}),
-            Some("p2") => json!({"tools": [page_two()]}),
+            None => json!({"resultType": "complete", "tools": [page_one()], "nextCursor": "p2"}),
+            Some("p2") => json!({"resultType": "complete", "tools": [page_two()]}),
             Some(_) => {
                 return Some((
                     200,
@@ -69,7 +97,7 @@ fn answer(message: &Value, hang_on: Option<&str>) -> Option<(u16, Value)> {
     Some((200, json!({"jsonrpc": "2.0", "id": id, "result": result})))
 }
 
-async fn serve_connection(mut socket: TcpStream, hang_on: Option<&'static str>) {
+async fn serve_connection(mut socket: TcpStream, mode: Mode) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -98,7 +126,7 @@ async fn serve_connection(mut socket: TcpStream, hang_on: Option<&'static str>) 
         let body: Value =
             serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
         buf.drain(..head_end + length);
-        let response = match answer(&body, hang_on) {
+        let response = match answer(&body, mode) {
             None => {
                 // Hold the connection open without answering.
                 std::future::pending::<()>().await;
@@ -120,9 +148,7 @@ async fn serve_connection(mut socket: TcpStream, hang_on: Option<&'static str>) 
 }
 
 /// Starts the mini server; returns its URL, a request counter and the accept task.
-async fn mini_server(
-    hang_on: Option<&'static str>,
-) -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+async fn mini_server(mode: Mode) -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     let connections = Arc::new(AtomicUsize::new(0));
@@ -130,7 +156,7 @@ async fn mini_server(
     let task = tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve_connection(socket, hang_on));
+            tokio::spawn(serve_connection(socket, mode));
         }
     });
     (url, connections, task)
@@ -147,7 +173,7 @@ fn spec(url: String, timeout: Duration) -> UpstreamSpec {
 
 #[tokio::test]
 async fn unknown_fields_survive_discovery() {
-    let (url, _, task) = mini_server(None).await;
+    let (url, _, task) = mini_server(Mode::Legacy).await;
     let found = discover(&spec(url, Duration::from_secs(20)))
         .await
         .expect("discovery");
@@ -162,7 +188,7 @@ async fn unknown_fields_survive_discovery() {
 
 #[tokio::test]
 async fn a_server_stalling_mid_discovery_times_out() {
-    let (url, _, task) = mini_server(Some("tools/list")).await;
+    let (url, _, task) = mini_server(Mode::HangOn("tools/list")).await;
     let timeout = Duration::from_secs(1);
     let start = Instant::now();
     let result = discover(&spec(url, timeout)).await;
@@ -172,5 +198,18 @@ async fn a_server_stalling_mid_discovery_times_out() {
         elapsed < timeout + Duration::from_secs(5),
         "took {elapsed:?}"
     );
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_2026_07_28_only_server_is_discovered_with_server_discover() {
+    let (url, _, task) = mini_server(Mode::ModernOnly).await;
+    let found = discover(&spec(url, Duration::from_secs(20)))
+        .await
+        .expect("discovery falls back to server/discover");
+    assert_eq!(found.protocol_version, "2026-07-28");
+    assert_eq!(found.server_info["name"], "mini-modern");
+    assert_eq!(found.instructions.as_deref(), Some("modern mini"));
+    assert_eq!(found.tools, vec![page_one(), page_two()]);
     task.abort();
 }
