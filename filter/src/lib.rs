@@ -25,3 +25,6 @@ pub mod sanitize;
 pub mod sse;
 pub mod stats;
 pub mod template;
+
+#[cfg(target_arch = "wasm32")]
+mod shell;

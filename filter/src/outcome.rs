@@ -131,14 +131,15 @@ struct Probe<'a> {
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     method: Option<IgnoredAny>,
-    result: Option<ResultProbe>,
+    #[serde(borrow)]
+    result: Option<ResultProbe<'a>>,
     error: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
-struct ResultProbe {
-    #[serde(rename = "isError")]
-    is_error: Option<serde_json::Value>,
+struct ResultProbe<'a> {
+    #[serde(rename = "isError", borrow)]
+    is_error: Option<&'a RawValue>,
 }
 
 /// If `json` is the JSON-RPC response to `id`: `Some(is_error)`; otherwise `None`.
@@ -155,7 +156,7 @@ pub fn response_is_error(json: &str, id: Option<&Id>) -> Option<bool> {
         return Some(true);
     }
     let result = probe.result?;
-    Some(result.is_error == Some(serde_json::Value::Bool(true)))
+    Some(result.is_error.is_some_and(|v| v.get() == "true"))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The filter's behaviour through its public state machine: every request form the filter
-#![allow(clippy::type_complexity)] // table-driven cases are tuples
 //! must forward or refuse, what it answers, and exactly which stats it records.
+
+#![allow(clippy::type_complexity)] // table-driven cases are tuples
 
 use std::rc::Rc;
 

@@ -1,0 +1,373 @@
+//! The proxy-wasm shell: moves bytes between Envoy and [`crate::flow::Flow`].
+//!
+//! Why so thin: every decision is in the pure core and tested natively; this module only reads
+//! headers and bodies through hostcalls, applies the flow's actions and records its stats.
+//!
+//! Panic discipline: the `HttpContext` helper methods unwrap hostcall errors, so they are never
+//! used. Note that in proxy-wasm 0.2.5 several raw `hostcalls::*` functions also panic on a host
+//! status they do not expect (`set_map_value` on `BadArgument`, which Envoy returns for a request
+//! header write after the headers were released). The shell therefore mutates request headers
+//! only while they are paused (in `on_http_request_headers`, or in `on_http_request_body` after
+//! pausing the headers), and response headers only in `on_http_response_headers`, where Envoy
+//! answers `Ok`. Run the plugin with `failure_policy: FAIL_RELOAD` all the same.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use log::{debug, error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use toolmesh_proto::PolicySnapshot;
+
+use crate::decide::RequestHead;
+use crate::flow::{Flow, RequestAction, ResponseBodyMode};
+use crate::policy::CompiledPolicy;
+use crate::stats::{MetricKind, StatOp};
+
+/// Header carrying the chosen member's cluster; Envoy's routes match it exactly.
+pub const CLUSTER_HEADER: &str = "x-toolmesh-cluster";
+/// Prefix of headers the gateway uses internally; removed from client requests.
+pub const INTERNAL_PREFIX: &str = "x-toolmesh-";
+
+thread_local! {
+    /// The last policy a root context in this VM accepted (survives root-context replacement
+    /// on ECDS updates; see the research notes, section 2.1).
+    static POLICY: RefCell<Option<Rc<CompiledPolicy>>> = const { RefCell::new(None) };
+    /// Metric ids by name (ids are per VM).
+    static METRICS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+}
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { policy: None }) });
+}}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn apply_stats(ops: Vec<StatOp>) {
+    if ops.is_empty() {
+        return;
+    }
+    METRICS.with(|cell| {
+        let mut ids = cell.borrow_mut();
+        for op in ops {
+            let id = match ids.get(&op.name) {
+                Some(id) => *id,
+                None => {
+                    let kind = match op.kind {
+                        MetricKind::Counter => MetricType::Counter,
+                        MetricKind::Gauge => MetricType::Gauge,
+                        MetricKind::Histogram => MetricType::Histogram,
+                    };
+                    match hostcalls::define_metric(kind, &op.name) {
+                        Ok(id) => {
+                            ids.insert(op.name.clone(), id);
+                            id
+                        }
+                        Err(e) => {
+                            warn!("toolmesh: cannot define metric {}: {e:?}", op.name);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let result = match op.kind {
+                MetricKind::Counter => {
+                    hostcalls::increment_metric(id, i64::try_from(op.value).unwrap_or(i64::MAX))
+                }
+                MetricKind::Gauge | MetricKind::Histogram => hostcalls::record_metric(id, op.value),
+            };
+            if let Err(e) = result {
+                debug!("toolmesh: metric {} not updated: {e:?}", op.name);
+            }
+        }
+    });
+}
+
+struct Root {
+    policy: Option<Rc<CompiledPolicy>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                error!(
+                    "toolmesh: the plugin configuration is empty; expected a policy snapshot (JSON)"
+                );
+                return false;
+            }
+            Err(e) => {
+                error!("toolmesh: cannot read the plugin configuration: {e:?}");
+                return false;
+            }
+        };
+        match CompiledPolicy::from_json(&bytes) {
+            Ok(policy) => {
+                info!(
+                    "toolmesh: policy {} loaded ({} virtual servers)",
+                    policy.catalog_version,
+                    policy.virtual_servers().len()
+                );
+                let policy = Rc::new(policy);
+                POLICY.with(|p| *p.borrow_mut() = Some(Rc::clone(&policy)));
+                self.policy = Some(policy);
+                true
+            }
+            Err(e) => {
+                error!("toolmesh: invalid policy, configuration rejected: {e}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let policy = self
+            .policy
+            .clone()
+            .or_else(|| POLICY.with(|p| p.borrow().clone()))
+            // Never return None (the SDK panics): without a policy every request is refused.
+            .unwrap_or_else(|| Rc::new(CompiledPolicy::compile(&PolicySnapshot::empty("none"))));
+        Some(Box::new(Http {
+            flow: Flow::new(policy),
+            mode: ResponseBodyMode::Pass,
+            replied: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    flow: Flow,
+    mode: ResponseBodyMode,
+    /// A local reply was sent: ignore the rest of the stream.
+    replied: bool,
+}
+
+impl Context for Http {}
+
+/// All values of `name` (case-insensitive), joined with ", " as HTTP list semantics say; a
+/// repeated header therefore cannot hide a value from the checks.
+fn joined(headers: &[(String, String)], name: &str) -> Option<String> {
+    let mut values = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str());
+    let first = values.next()?;
+    let mut out = first.to_owned();
+    for v in values {
+        out.push_str(", ");
+        out.push_str(v);
+    }
+    Some(out)
+}
+
+impl Http {
+    fn reply(&mut self, status: u16, body: &[u8]) -> Action {
+        self.replied = true;
+        if let Err(e) = hostcalls::send_http_response(
+            u32::from(status),
+            vec![("content-type", "application/json")],
+            Some(body),
+        ) {
+            error!("toolmesh: cannot send local reply: {e:?}");
+        }
+        Action::Pause
+    }
+
+    fn internal_error(&mut self, what: &str) -> Action {
+        error!("toolmesh: {what}");
+        let body = crate::jsonrpc::error_body(
+            None,
+            crate::decide::codes::INTERNAL_ERROR,
+            "toolmesh gateway internal error",
+        );
+        self.reply(500, &body)
+    }
+
+    /// Apply the flow's request action. `body_size` is the buffered body's size (0 in the
+    /// header phase).
+    fn apply(&mut self, action: RequestAction, body_size: usize) -> Action {
+        apply_stats(self.flow.take_stats());
+        match action {
+            RequestAction::ReadBody => Action::Pause,
+            RequestAction::Deny(r) => self.reply(r.status, &r.body),
+            RequestAction::Forward(route) => {
+                let headers = MapType::HttpRequestHeaders;
+                if let Some(body) = &route.body {
+                    if let Err(e) =
+                        hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, body)
+                    {
+                        return self.internal_error(&format!("cannot rewrite the body: {e:?}"));
+                    }
+                    let len = body.len().to_string();
+                    if let Err(e) = hostcalls::set_map_value(headers, "content-length", Some(&len))
+                    {
+                        return self.internal_error(&format!("cannot set content-length: {e:?}"));
+                    }
+                }
+                if let Some(name) = &route.mcp_name
+                    && let Err(e) = hostcalls::set_map_value(headers, "mcp-name", Some(name))
+                {
+                    return self.internal_error(&format!("cannot set mcp-name: {e:?}"));
+                }
+                if let Err(e) = hostcalls::set_map_value(headers, ":path", Some(&route.path)) {
+                    return self.internal_error(&format!("cannot set :path: {e:?}"));
+                }
+                if let Err(e) =
+                    hostcalls::set_map_value(headers, CLUSTER_HEADER, Some(&route.cluster))
+                {
+                    return self.internal_error(&format!("cannot set {CLUSTER_HEADER}: {e:?}"));
+                }
+                // Envoy 1.40 registers this foreign function; routing on the header set above
+                // needs the route re-evaluated.
+                if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", None) {
+                    debug!("toolmesh: clear_route_cache failed: {e:?}");
+                }
+                Action::Continue
+            }
+        }
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let headers = match hostcalls::get_map(MapType::HttpRequestHeaders) {
+            Ok(h) => h,
+            Err(e) => return self.internal_error(&format!("cannot read request headers: {e:?}")),
+        };
+        // Internal headers are the gateway's own: never accept them from a client.
+        for (name, _) in &headers {
+            if name.to_ascii_lowercase().starts_with(INTERNAL_PREFIX)
+                && let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)
+            {
+                return self.internal_error(&format!("cannot remove {name}: {e:?}"));
+            }
+        }
+        let method = joined(&headers, ":method").unwrap_or_default();
+        let path = joined(&headers, ":path").unwrap_or_default();
+        let content_type = joined(&headers, "content-type");
+        let content_encoding = joined(&headers, "content-encoding");
+        let content_length = joined(&headers, "content-length");
+        let mcp_method = joined(&headers, "mcp-method");
+        let mcp_name = joined(&headers, "mcp-name");
+        let head = RequestHead {
+            method: &method,
+            path: &path,
+            content_type: content_type.as_deref(),
+            content_encoding: content_encoding.as_deref(),
+            content_length: content_length.as_deref(),
+            mcp_method: mcp_method.as_deref(),
+            mcp_name: mcp_name.as_deref(),
+            end_of_stream,
+        };
+        let action = self.flow.on_request_headers(&head, now_ms());
+        self.apply(action, 0)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.replied {
+            return Action::Pause;
+        }
+        if let Some(reply) = self.flow.on_request_body_progress(body_size) {
+            apply_stats(self.flow.take_stats());
+            return self.reply(reply.status, &reply.body);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(e) => return self.internal_error(&format!("cannot read the request body: {e:?}")),
+        };
+        let action = self.flow.on_request_body(&body, now_ms());
+        if action == RequestAction::ReadBody {
+            // Not waiting for a body (already forwarded or refused): let it pass.
+            return Action::Continue;
+        }
+        self.apply(action, body_size)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.replied {
+            return Action::Continue;
+        }
+        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let content_type = hostcalls::get_map_value(MapType::HttpResponseHeaders, "content-type")
+            .ok()
+            .flatten();
+        let action =
+            self.flow
+                .on_response_headers(status, content_type.as_deref(), end_of_stream, now_ms());
+        if action.remove_content_length
+            && let Err(e) =
+                hostcalls::set_map_value(MapType::HttpResponseHeaders, "content-length", None)
+        {
+            warn!("toolmesh: cannot remove the response content-length: {e:?}");
+        }
+        self.mode = action.body;
+        apply_stats(self.flow.take_stats());
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.replied {
+            return Action::Continue;
+        }
+        let action = match self.mode {
+            ResponseBodyMode::Pass => Action::Continue,
+            ResponseBodyMode::Observe => {
+                let chunk = if self.flow.wants_response_bytes() {
+                    hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                self.flow.on_response_body(&chunk, end_of_stream, now_ms());
+                Action::Continue
+            }
+            ResponseBodyMode::Buffer if !end_of_stream => Action::Pause,
+            ResponseBodyMode::Buffer | ResponseBodyMode::Stream => {
+                let chunk = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                if let Some(out) = self.flow.on_response_body(&chunk, end_of_stream, now_ms())
+                    && out != chunk
+                    && let Err(e) =
+                        hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out)
+                {
+                    warn!("toolmesh: cannot replace the response body: {e:?}");
+                }
+                Action::Continue
+            }
+        };
+        apply_stats(self.flow.take_stats());
+        action
+    }
+
+    fn on_log(&mut self) {
+        self.flow.on_done(now_ms());
+        apply_stats(self.flow.take_stats());
+    }
+}
