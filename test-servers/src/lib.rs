@@ -23,6 +23,7 @@
 //! requests as JSON), `GET /_test/calls` (the tool names as JSON), `POST /_test/variant/{n}`.
 
 pub mod cli;
+pub mod conformance;
 mod handler;
 
 use std::collections::BTreeMap;
