@@ -1,4 +1,84 @@
 //! toolmesh-filter: the MCP policy engine that runs inside Envoy.
+//!
+//! Envoy runs this crate as a proxy-wasm HTTP filter (`toolmesh_filter.wasm`, built for
+//! `wasm32-wasip1`). For every request on `/servers/{vs}/mcp` it parses the JSON-RPC body,
+//! enforces the virtual server's allowlist from the [`toolmesh_proto::PolicySnapshot`] in its
+//! plugin configuration, picks the upstream member, rewrites renamed items, filters list
+//! responses, and records per-tool metrics as Envoy stats. `filter/README.md` is the operator's
+//! reference; this page is the same contract from the code's side.
+//!
+//! # Layout: a pure core and a thin shell
+//!
+//! Everything that decides is plain Rust with native tests: [`jsonrpc`] (hardened parsing),
+//! [`policy`] (the compiled, indexed snapshot), [`decide`] (request → forward or deny),
+//! [`lists`] (list response filtering), [`sse`] (event framing), [`outcome`] (call outcome),
+//! [`template`] (resource templates), [`sanitize`] (look-alikes, stat segments), [`stats`]
+//! (metric names) and [`flow`] (the per-request state machine tying them together). The
+//! proxy-wasm shell (`shell.rs`, compiled only for wasm32) reads headers and bodies, calls
+//! [`flow::Flow`], applies its actions and records its stats. The crate never panics on its own:
+//! `unwrap`, `expect`, `panic!` and slice indexing are denied by lint.
+//!
+//! # Routing contract (Envoy's route configuration relies on exactly this)
+//!
+//! - The endpoint is `/servers/{vs}/mcp`, optionally with a query string. `{vs}` must be a slug
+//!   (`[a-z0-9][a-z0-9_-]{0,62}`); any other path (`/servers/{vs}/mcp/../x`, percent-encoding,
+//!   extra or missing slashes) is refused with 404 (`bad_path`).
+//! - Client request headers starting with `x-toolmesh-` are removed.
+//! - On an allowed request the filter sets `x-toolmesh-cluster: <member.cluster>`, rewrites
+//!   `:path` to `<member.path>` (keeping the query string), replaces the body and sets
+//!   `content-length` (and `mcp-name`, if the client sent it) when it renamed an item, and calls
+//!   Envoy's `clear_route_cache` foreign function. Envoy has one route per cluster matching the
+//!   header `x-toolmesh-cluster` exactly.
+//! - Which member: name-bearing methods (`tools/call`, `prompts/get`, `resources/read`,
+//!   `resources/subscribe`, `resources/unsubscribe`, `completion/complete` with a `ref/prompt`
+//!   name or a `ref/resource` URI) go to the member that owns the name. Everything else
+//!   (`initialize`, `ping`, `notifications/*`, the client's JSON-RPC responses, `logging/setLevel`,
+//!   the list methods, unknown methods, bodiless GET and DELETE) goes to the **first** member,
+//!   the primary. Federating several members (merged lists, per-upstream sessions) is a later
+//!   issue; until then lists show only the primary's items and a session lives on the primary.
+//!
+//! # Requests
+//!
+//! POST bodies are buffered (headers are paused: the plugin needs
+//! `allow_on_headers_stop_iteration: true`) up to `limits.max_body_bytes` (1 MiB by default).
+//! Refused with a JSON-RPC error before anything reaches an upstream:
+//!
+//! | case | reason | with an id | without an id |
+//! |---|---|---|---|
+//! | path is not `/servers/{vs}/mcp` | `bad_path` (global) | 404, -32600 | 404, -32600 |
+//! | virtual server not in the policy | `unknown_virtual_server` (global) | 404, -32600 | 404, -32600 |
+//! | method other than POST/GET/DELETE; GET/DELETE with a body | `http_method` | — | 405 / 400, -32600 |
+//! | `Content-Type` not `application/json` | `content_type` | — | 415, -32600 |
+//! | `Content-Encoding` other than `identity` | `content_encoding` | — | 415, -32600 |
+//! | body over the cap (`Content-Length` or streamed) | `body_too_large` | — | 413, -32600 |
+//! | empty body, not UTF-8, not JSON, trailing data, nesting > 128 | `malformed_json` | — | 400, -32700 |
+//! | a JSON array (batch; MCP 2025-06-18 removed batching) | `batch` | — | 400, -32600 |
+//! | a repeated key in any object (keys compared after decoding escapes) | `duplicate_key` | 200, -32600 | 400, -32600 |
+//! | not JSON-RPC 2.0 (types, missing fields, `id: null`, ...) | `invalid_request` | 200, -32600 | 400, -32600 |
+//! | `Mcp-Method`/`Mcp-Name` disagree with the body | `header_mismatch` | 200, -32020 | 400, -32020 |
+//! | tool/prompt not allowed | `not_allowed` | 200, -32602 | 403, -32602 |
+//! | resource not allowed | `not_allowed` | 200, -32002 | 403, -32002 |
+//! | name differs from an allowed one only by case, whitespace or look-alikes | `lookalike` | 200, -32602/-32002 | 403 |
+//! | virtual server without members | `no_member` | 200, -32603 | 503, -32603 |
+//!
+//! HTTP 200 with a JSON-RPC error carrying the request id is the only denial form every tested
+//! MCP client survives without losing its session (research notes, section 1.2). Messages name
+//! the item and the virtual server: `Tool 'x' is not allowed on virtual server 'vs'`.
+//! JSON escapes (`\u0064`) are decoded before any comparison; matching is exact.
+//!
+//! # Responses
+//!
+//! Call responses stream through unbuffered; the filter watches copies of the chunks to find
+//! the outcome (HTTP status >= 400, JSON-RPC `error`, `result.isError: true`, or no complete
+//! response: reset, timeout, client gone). List responses (`application/json` or
+//! `text/event-stream`, event by event) are filtered to the allowlist with exposed names, and
+//! `content-length` is removed because the body changes.
+//!
+//! # Stats
+//!
+//! See [`stats`] for the exact names. Per-tool stats exist only for tools in the policy and
+//! per-virtual-server stats only for virtual servers in the policy; every other name segment
+//! comes from a fixed vocabulary, so no client input can create a stat.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
