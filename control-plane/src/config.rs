@@ -60,6 +60,9 @@ pub struct ServeConfig {
     /// Deadline for one discovery of one MCP server, in seconds.
     #[arg(long, env = "TOOLMESH_DISCOVERY_TIMEOUT", default_value_t = 10)]
     pub discovery_timeout_secs: u64,
+    /// Keep a session open to every MCP server and rediscover when it sends `list_changed`.
+    #[arg(long, env = "TOOLMESH_DISCOVERY_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub discovery_watch: bool,
     /// Base URL where Envoy serves MCP; each virtual server's endpoint is shown under it.
     #[arg(
         long,
@@ -90,6 +93,7 @@ impl ServeConfig {
             secret_key_file: None,
             discovery_interval_secs: 300,
             discovery_timeout_secs: 10,
+            discovery_watch: true,
             public_mcp_url: "http://127.0.0.1:8080".into(),
             xds_port: 18000,
             mcp_port: 8080,

@@ -19,6 +19,7 @@ pub mod crypto;
 pub mod discovery;
 pub mod policy;
 pub mod store;
+pub mod watchers;
 
 use std::future::Future;
 
@@ -187,12 +188,22 @@ pub async fn serve(
             config.discovery_timeout(),
         )
     });
+    let watchers = config.discovery_watch.then(|| {
+        tracing::info!(
+            "rediscovering on list_changed notifications (one watcher session per MCP server)"
+        );
+        watchers::spawn_watchers(
+            state.store.clone(),
+            state.key.clone(),
+            config.discovery_timeout(),
+        )
+    });
     let store = state.store.clone();
     let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await;
-    if let Some(s) = scheduler {
-        s.abort();
+    for task in scheduler.into_iter().chain(watchers) {
+        task.abort();
     }
     store.close().await;
     tracing::info!("toolmesh stopped");

@@ -49,6 +49,7 @@ async fn catalog_cli_against_a_live_server() {
     config.admin_token = Some(TOKEN.into());
     config.api_port = 0;
     config.discovery_interval_secs = 0;
+    config.discovery_watch = false;
     let state = toolmesh::build_state(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", listener.local_addr().unwrap());
@@ -217,6 +218,7 @@ fn start_serve(data_dir: &std::path::Path) -> Serve {
     cmd.args(["serve", "--api-port", "0", "--log-format", "json"])
         .env("TOOLMESH_DATA_DIR", data_dir)
         .env("TOOLMESH_DISCOVERY_INTERVAL", "0")
+        .env("TOOLMESH_DISCOVERY_WATCH", "false")
         .env_remove("TOOLMESH_ADMIN_TOKEN")
         .env_remove("DATABASE_URL")
         .env_remove("TOOLMESH_SECRET_KEY")

@@ -35,6 +35,7 @@ both_backends!(
     non_mcp_upstream_is_down_with_reason,
     hanging_upstream_times_out_without_blocking,
     drift_needs_accept_before_the_gateway_sees_it,
+    list_changed_triggers_rediscovery,
 );
 
 async fn register_discovers_every_page(app: &TestApp) {
@@ -46,7 +47,7 @@ async fn register_discovers_every_page(app: &TestApp) {
     .unwrap();
     let body = register(app, "everything", &upstream.url()).await;
     assert_eq!(body["health"]["status"], "up", "{body}");
-    assert!(TOOL_COUNT >= 25);
+    const { assert!(TOOL_COUNT >= 25) };
     assert_eq!(body["counts"]["tools"], TOOL_COUNT as i64, "{body}");
     assert_eq!(body["counts"]["prompts"], 2);
     assert_eq!(body["counts"]["resources"], 2);
@@ -297,5 +298,62 @@ async fn drift_needs_accept_before_the_gateway_sees_it(app: &TestApp) {
     upstream.set_variant(0);
     let (_, refreshed) = app.post("/v1/mcp-servers/drifty/refresh", json!({})).await;
     assert_eq!(refreshed["changes"]["drifted"], 1);
+    upstream.shutdown().await;
+}
+
+async fn list_changed_triggers_rediscovery(app: &TestApp) {
+    let upstream = spawn(TestServerConfig::default()).await.unwrap();
+    register(app, "watched", &upstream.url()).await;
+    let watchers = toolmesh::watchers::spawn_watchers(
+        app.state.store.clone(),
+        app.state.key.clone(),
+        Duration::from_secs(10),
+    );
+    let echo_id = all_tools(app, "watched")
+        .await
+        .iter()
+        .find(|t| t["name"] == "echo")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    // No refresh call: the notification alone must bring the drift in. The server notifies only
+    // sessions whose notification stream is already open, and we cannot see when the watcher's
+    // is, so each attempt is a new variant (a real change each time).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut variant = 2;
+    'outer: loop {
+        upstream.set_variant(variant);
+        let attempt_end = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < attempt_end {
+            let (_, echo) = app.get(&format!("/v1/tools/{echo_id}")).await;
+            if echo["drifted"] == true {
+                assert!(
+                    echo["pending_definition"]["description"]
+                        .as_str()
+                        .unwrap()
+                        .contains("variant")
+                );
+                break 'outer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "list_changed never triggered a rediscovery"
+        );
+        variant += 1;
+    }
+    // Deleting the server stops its watcher (its session is closed).
+    let (s, _) = app.delete("/v1/mcp-servers/watched").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !upstream.requests().iter().any(|r| r.method == "DELETE") {
+        assert!(
+            Instant::now() < deadline,
+            "watcher session not closed after delete"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watchers.abort();
     upstream.shutdown().await;
 }

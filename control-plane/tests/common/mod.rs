@@ -85,6 +85,7 @@ impl TestApp {
         c.admin_token = Some(TOKEN.to_string());
         c.discovery_timeout_secs = 10;
         c.discovery_interval_secs = 0;
+        c.discovery_watch = false;
         c.public_mcp_url = "http://mcp.example:8080/".into();
         c
     }
