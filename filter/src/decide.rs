@@ -369,6 +369,22 @@ pub fn body_too_large(pending: &Pending) -> Deny {
     }
 }
 
+/// The request ended with trailers: refused, the body must end the request.
+pub fn trailers_refused(pending: &Pending) -> Deny {
+    Deny {
+        reply: reply(
+            None,
+            codes::INVALID_REQUEST,
+            "Invalid request: request trailers are not supported",
+            400,
+        ),
+        reason: Reason::InvalidRequest,
+        vs: pending.known.then(|| pending.vs.clone()),
+        method: None,
+        tool: None,
+    }
+}
+
 /// Decide on the complete body.
 pub fn decide_body(policy: &CompiledPolicy, pending: &Pending, body: &[u8]) -> BodyDecision {
     let vs = policy.virtual_server(&pending.vs);

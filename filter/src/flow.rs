@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use crate::decide::{
     BodyDecision, Deny, Forward, HeadDecision, Pending, Reply, RequestHead, Route, ToolRef,
-    body_too_large, decide_body, decide_head,
+    body_too_large, decide_body, decide_head, trailers_refused,
 };
 use crate::jsonrpc::Id;
 use crate::lists::{self, ListKind};
@@ -146,6 +146,19 @@ impl Flow {
             return None;
         }
         let d = body_too_large(p);
+        match self.deny(d) {
+            RequestAction::Deny(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Request trailers arrived while the body was being read: refused (a reply), since the
+    /// body never reached its end and the request must not continue undecided.
+    pub fn on_request_trailers(&mut self) -> Option<Reply> {
+        let Phase::ReadingBody(p) = &self.phase else {
+            return None;
+        };
+        let d = trailers_refused(p);
         match self.deny(d) {
             RequestAction::Deny(r) => Some(r),
             _ => None,

@@ -302,6 +302,19 @@ impl HttpContext for Http {
         self.apply(action, body_size)
     }
 
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.replied {
+            return Action::Pause;
+        }
+        match self.flow.on_request_trailers() {
+            Some(reply) => {
+                apply_stats(self.flow.take_stats());
+                self.reply(reply.status, &reply.body)
+            }
+            None => Action::Continue,
+        }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.replied {
             return Action::Continue;

@@ -972,3 +972,21 @@ fn denied_requests_ignore_the_local_reply_on_the_way_out() {
     flow.on_done(5);
     assert!(flow.take_stats().is_empty());
 }
+
+#[test]
+fn request_trailers_are_refused_while_the_body_is_read() {
+    let mut flow = Flow::new(policy());
+    assert_eq!(
+        flow.on_request_headers(&post("/servers/demo/mcp"), 0),
+        RequestAction::ReadBody
+    );
+    let reply = flow.on_request_trailers().expect("refused");
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        counters(&flow.take_stats()),
+        vec!["toolmesh.vs.demo.denied.invalid_request".to_string()]
+    );
+    // After a decision, trailers are none of the flow's business.
+    let (_, _, mut flow) = run(&post("/servers/demo/mcp"), &call("1", "echo"));
+    assert_eq!(flow.on_request_trailers(), None);
+}
