@@ -175,7 +175,7 @@ macro_rules! item_handlers {
                 ("q" = Option<String>, Query, description = "Case-insensitive substring of the name/URI or description"),
                 ("enabled" = Option<bool>, Query, description = "Only enabled (true) or disabled (false)"),
                 ("drifted" = Option<bool>, Query, description = "Only drifted (true) or not (false)"),
-                ("limit" = Option<u32>, Query, description = "Page size, 1-500 (default 50)"),
+                ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size, 1-500 (default 50)"),
                 ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
             responses((status = 200, body = ListResponse<ItemView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
         pub(super) async fn $list(

@@ -35,8 +35,10 @@ pub(super) fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct RegisterMcpServer {
     /// Unique slug (1-63 of a-z, 0-9, '-', '_').
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub name: String,
     /// The MCP endpoint URL (`http` or `https`), for example `http://10.0.0.5:9000/mcp`.
+    #[schema(pattern = r"^https?://[^\s/?#@]+(/[^\s#]*)?$")]
     pub url: String,
     /// `streamable-http` (default) or `sse`.
     #[serde(default)]
@@ -46,9 +48,11 @@ pub struct RegisterMcpServer {
     pub headers: Option<BTreeMap<String, String>>,
     /// Free text.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
     /// Tags (slugs), usable as a filter on the catalog views.
     #[serde(default)]
+    #[schema(inline, value_type = Option<Vec<SlugString>>)]
     pub tags: Option<Vec<String>>,
 }
 
@@ -61,6 +65,7 @@ pub struct ReplaceMcpServer {
     #[serde(default)]
     pub name: Option<String>,
     /// The MCP endpoint URL.
+    #[schema(pattern = r"^https?://[^\s/?#@]+(/[^\s#]*)?$")]
     pub url: String,
     /// `streamable-http` (default) or `sse`.
     #[serde(default)]
@@ -70,11 +75,19 @@ pub struct ReplaceMcpServer {
     pub headers: Option<BTreeMap<String, String>>,
     /// Free text.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
     /// Tags.
     #[serde(default)]
+    #[schema(inline, value_type = Option<Vec<SlugString>>)]
     pub tags: Option<Vec<String>>,
 }
+
+/// A slug: 1-63 of a-z, 0-9, '-', '_', starting with a letter or digit (schema only).
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+#[allow(dead_code)]
+pub struct SlugString(String);
 
 /// An MCP server as the API shows it (credentials are never included).
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -301,7 +314,7 @@ pub(super) async fn register(
 
 /// List MCP servers by name.
 #[utoipa::path(get, path = "/v1/mcp-servers", tag = "mcp-servers",
-    params(("limit" = Option<u32>, Query, description = "Page size, 1-500 (default 50)"),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size, 1-500 (default 50)"),
            ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
     responses((status = 200, body = ListResponse<McpServerView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(super) async fn list(

@@ -38,11 +38,14 @@ pub(super) fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct ToolRef {
     /// The MCP server.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub mcp_server: String,
     /// The tool's upstream name.
+    #[schema(pattern = r"^[A-Za-z0-9_./-]{1,128}$")]
     pub tool: String,
     /// Expose it under another name (MCP naming rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9_./-]{1,128}$")]
     pub expose_as: Option<String>,
 }
 
@@ -51,11 +54,14 @@ pub struct ToolRef {
 #[serde(deny_unknown_fields)]
 pub struct PromptRef {
     /// The MCP server.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub mcp_server: String,
     /// The prompt's upstream name.
+    #[schema(pattern = r"^[A-Za-z0-9_./-]{1,128}$")]
     pub prompt: String,
     /// Expose it under another name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9_./-]{1,128}$")]
     pub expose_as: Option<String>,
 }
 
@@ -64,8 +70,10 @@ pub struct PromptRef {
 #[serde(deny_unknown_fields)]
 pub struct ResourceRef {
     /// The MCP server.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub mcp_server: String,
     /// The resource URI.
+    #[schema(min_length = 1)]
     pub uri: String,
 }
 
@@ -74,8 +82,10 @@ pub struct ResourceRef {
 #[serde(deny_unknown_fields)]
 pub struct TemplateRef {
     /// The MCP server.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub mcp_server: String,
     /// The URI template.
+    #[schema(min_length = 1)]
     pub uri_template: String,
 }
 
@@ -84,11 +94,14 @@ pub struct TemplateRef {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualServerBody {
-    /// Unique slug; the MCP endpoint is `/servers/{name}/mcp`.
+    /// Unique slug; the MCP endpoint is `/servers/{name}/mcp`. Required on POST; on PUT optional
+    /// and equal to the path's name.
     #[serde(default)]
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub name: Option<String>,
     /// Free text.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
     /// Tools.
     #[serde(default)]
@@ -108,6 +121,7 @@ pub struct VirtualServerBody {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberView {
     /// The MCP server.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub mcp_server: String,
     /// Tools: the upstream name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -348,8 +362,28 @@ fn unknown_server(at: &str, name: &str) -> ApiError {
     )
 }
 
+/// The POST body: like [`VirtualServerBody`] with `name` required (schema only).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CreateVirtualServer {
+    /// Unique slug; the MCP endpoint is `/servers/{name}/mcp`.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    name: String,
+    /// Free text.
+    #[schema(max_length = 2000)]
+    description: Option<String>,
+    /// Tools.
+    tools: Option<Vec<ToolRef>>,
+    /// Prompts.
+    prompts: Option<Vec<PromptRef>>,
+    /// Static resources.
+    resources: Option<Vec<ResourceRef>>,
+    /// Resource templates.
+    resource_templates: Option<Vec<TemplateRef>>,
+}
+
 /// Create a virtual server.
-#[utoipa::path(post, path = "/v1/virtual-servers", tag = "virtual-servers", request_body = VirtualServerBody,
+#[utoipa::path(post, path = "/v1/virtual-servers", tag = "virtual-servers", request_body = CreateVirtualServer,
     responses((status = 201, body = VirtualServerView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn create(
@@ -371,7 +405,7 @@ pub(super) async fn create(
 
 /// List virtual servers by name.
 #[utoipa::path(get, path = "/v1/virtual-servers", tag = "virtual-servers",
-    params(("limit" = Option<u32>, Query, description = "Page size, 1-500 (default 50)"),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size, 1-500 (default 50)"),
            ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
     responses((status = 200, body = ListResponse<VirtualServerView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(super) async fn list(
