@@ -16,6 +16,7 @@
 
 pub mod clients;
 pub mod config;
+pub mod conformance;
 pub mod envoy;
 pub mod process;
 pub mod tools;
