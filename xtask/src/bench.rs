@@ -22,7 +22,6 @@ const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"te
 
 struct Envoy {
     child: Child,
-    admin: u16,
 }
 
 impl Drop for Envoy {
@@ -58,17 +57,22 @@ fn start_envoy(envoy: &std::path::Path, name: &str, yaml: &str, admin: u16) -> R
         .stderr(log)
         .spawn()
         .with_context(|| format!("cannot start Envoy ({name})"))?;
-    let mut e = Envoy { child, admin };
+    let mut e = Envoy { child };
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
     loop {
-        if crate::util::http(admin, "GET", "/ready", None, None).is_ok_and(|(s, _)| s == 200) {
-            return Ok(e);
+        match crate::util::http(admin, "GET", "/ready", None, None) {
+            Ok((200, _)) => return Ok(e),
+            Ok((s, b)) => last = format!("{s} {b}"),
+            Err(err) => last = err.to_string(),
         }
         if let Ok(Some(st)) = e.child.try_wait() {
             bail!("Envoy ({name}) exited ({st}); see target/bench/{name}.log");
         }
         if Instant::now() > deadline {
-            bail!("Envoy ({name}) not ready after 60 s; see target/bench/{name}.log");
+            bail!(
+                "Envoy ({name}) not ready after 60 s (admin :{admin} said: {last}); see target/bench/{name}.log"
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -92,14 +96,14 @@ fn upstream_yaml(admin: u16, port: u16) -> String {
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: up
           route_config:
+            response_headers_to_add:
+            - header: {{key: content-type, value: application/json}}
             virtual_hosts:
             - name: all
               domains: ["*"]
               routes:
               - match: {{prefix: "/"}}
                 direct_response: {{status: 200, body: {{inline_string: "{body}"}}}}
-          response_headers_to_add:
-          - header: {{key: content-type, value: application/json}}
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
@@ -308,14 +312,13 @@ pub fn run(args: &[String]) -> Result<()> {
     step(
         "starting the upstream, the bare gateway and the filter gateway (Envoy 1.40, 1 worker each)",
     );
-    let up_port = free_port()?;
-    let upstream = start_envoy(
+    let (up_port, up_admin) = (free_port()?, free_port()?);
+    let _upstream = start_envoy(
         &tools.envoy,
         "upstream",
-        &upstream_yaml(free_port()?, up_port),
-        free_port()?,
+        &upstream_yaml(up_admin, up_port),
+        up_admin,
     )?;
-    let _ = upstream.admin;
     let (bare_port, bare_admin) = (free_port()?, free_port()?);
     let bare = start_envoy(
         &tools.envoy,
