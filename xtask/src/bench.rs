@@ -59,13 +59,12 @@ fn start_envoy(envoy: &std::path::Path, name: &str, yaml: &str, admin: u16) -> R
         .with_context(|| format!("cannot start Envoy ({name})"))?;
     let mut e = Envoy { child };
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
     loop {
-        match crate::util::http(admin, "GET", "/ready", None, None) {
+        let last = match crate::util::http(admin, "GET", "/ready", None, None) {
             Ok((200, _)) => return Ok(e),
-            Ok((s, b)) => last = format!("{s} {b}"),
-            Err(err) => last = err.to_string(),
-        }
+            Ok((s, b)) => format!("{s} {b}"),
+            Err(err) => err.to_string(),
+        };
         if let Ok(Some(st)) = e.child.try_wait() {
             bail!("Envoy ({name}) exited ({st}); see target/bench/{name}.log");
         }
