@@ -14,7 +14,7 @@
 //! `mcp_everything`, path `/mcp`) allowing tools `echo`, `add` exposed as `add_numbers`, `slow`,
 //! `fail`, prompt `greet`, resource `test://static/readme` and template
 //! `test://template/{id}/data`; virtual server `other` on the same upstream allowing only `echo`.
-//! Envoy also has a `decoy` cluster (another test server) that no virtual server uses: nothing a
+//! `hollow` has no members. Envoy also has a `decoy` cluster (another test server) that no virtual server uses: nothing a
 //! client sends may ever reach it.
 
 use std::collections::BTreeMap;
@@ -67,7 +67,8 @@ fn policy(max_body_bytes: Option<u32>) -> String {
                     "path": "/mcp",
                     "tools": [{"name": "echo", "upstream_name": "echo"}]
                 }]
-            }
+            },
+            {"name": "hollow", "members": []}
         ]
     });
     if let Some(max) = max_body_bytes {
@@ -1090,6 +1091,28 @@ fn refusals() -> Vec<Refusal> {
             r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"long_list_01"}}"#,
         )
         .status(403, -32602, Value::Null),
+        // A virtual server without members.
+        // A virtual server without members: calls are simply not allowed; what would go to
+        // the primary (lists, initialize, notifications) has nowhere to go.
+        refusal("call on a virtual server without members", call_body(31, r#""echo""#, "{}"))
+            .on("hollow")
+            .status(200, -32602, json!(31))
+            .says(&["'echo'", "'hollow'"]),
+        refusal(
+            "list on a virtual server without members",
+            r#"{"jsonrpc":"2.0","id":32,"method":"tools/list"}"#,
+        )
+        .on("hollow")
+        .status(200, -32603, json!(32))
+        .reason("no_member")
+        .says(&["'hollow'"]),
+        refusal(
+            "no member, no id",
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        )
+        .on("hollow")
+        .status(503, -32603, Value::Null)
+        .reason("no_member"),
         // Unknown virtual server: 404 even with an id, counted globally.
         refusal("unknown virtual server", echo.clone())
             .on("nope")
@@ -1608,6 +1631,128 @@ async fn stats_have_labels_and_exact_counts_in_prometheus() {
         ["add", "add", "add", "add", "fail", "fail"]
     );
     assert_eq!(rig.server.requests().len(), 7);
+}
+
+/// Reads `response` until a chunk mentions `needle` (within 30 s); returns what was read.
+async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("stream ended or stalled before {needle:?} ({other:?}); read: {seen}"),
+        }
+    }
+    seen
+}
+
+/// The outcome of a forwarded call is observed to the end of the stream: a streamed success is
+/// a call without error whose latency covers the whole stream; a client that goes away
+/// mid-stream and an upstream that dies mid-stream are both errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_call_outcomes_success_client_gone_upstream_reset() {
+    let envoy_bin = require!(tools::envoy());
+    let wasm_path = require!(tools::filter_wasm());
+    let (mut upstream, upstream_url) =
+        toolmesh_e2e::spawn_test_server_process(&["--stateless", "--json-response"])
+            .await
+            .unwrap();
+    let addr: std::net::SocketAddr = upstream_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .parse()
+        .unwrap();
+    let decoy = spawn(TestServerConfig::default()).await.unwrap();
+    let filter = FilterConfig {
+        wasm_path,
+        policy_json: policy(None),
+    };
+    let envoy = Envoy::start_static(
+        &envoy_bin,
+        &[(CLUSTER, addr), (DECOY, decoy.addr())],
+        Some(&filter),
+    )
+    .await
+    .unwrap();
+    let url = format!("{}/servers/demo/mcp", envoy.listener_url());
+    let slow = |id: u64, steps: u64, interval_ms: u64| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"slow","arguments":{{"steps":{steps},"interval_ms":{interval_ms}}},"_meta":{{"progressToken":"p{id}"}}}}}}"#
+        )
+    };
+    let start = |body: String| {
+        http()
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body)
+            .send()
+    };
+    let stat = |s: &str| format!("wasmcustom.toolmesh.tool.demo.everything.slow.{s}");
+    let wait = |name: String, expected: u64| {
+        let envoy = &envoy;
+        async move {
+            let deadline = Instant::now() + STAT_TIMEOUT;
+            loop {
+                let v = envoy.stat(&name).await;
+                if v == Some(expected) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} is {v:?}, expected {expected}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // 1. A streamed success: 3 progress events over ~0.9 s, then the result.
+    let mut response = start(slow(1, 3, 300)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let text = read_until(&mut response, "done after 3 steps").await;
+    assert_eq!(text.matches("notifications/progress").count(), 3, "{text}");
+    wait(stat("calls"), 1).await;
+    let tool = r#"{virtual_server="demo",mcp_server="everything",tool="slow"}"#;
+    wait_prometheus_line(&envoy, &format!("toolmesh_tool_latency_ms_count{tool} 1")).await;
+    let sum = prometheus_value(&envoy, &format!("toolmesh_tool_latency_ms_sum{tool}"))
+        .await
+        .unwrap();
+    assert!(
+        sum >= 800.0,
+        "latency {sum} ms does not cover the 0.9 s stream"
+    );
+    assert_eq!(envoy.stat(&stat("errors")).await.unwrap_or(0), 0);
+
+    // 2. The client goes away after the first progress event.
+    let mut response = start(slow(2, 50, 200)).await.unwrap();
+    read_until(&mut response, "notifications/progress").await;
+    drop(response);
+    wait(stat("calls"), 2).await;
+    wait(stat("errors"), 1).await;
+
+    // 3. The upstream dies mid-stream.
+    let mut response = start(slow(3, 50, 200)).await.unwrap();
+    read_until(&mut response, "notifications/progress").await;
+    upstream.kill();
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut rest = String::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            rest.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        rest
+    })
+    .await
+    .expect("the stream did not end after the upstream died");
+    assert!(!rest.contains("done after"), "{rest}");
+    wait(stat("calls"), 3).await;
+    wait(stat("errors"), 2).await;
+    assert!(decoy.requests().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
