@@ -70,12 +70,36 @@ pub struct ServeConfig {
         default_value = "http://127.0.0.1:8080"
     )]
     pub public_mcp_url: String,
-    /// Port of the xDS (ADS) server. Kept for the xDS wiring; not served by the catalog itself.
+    /// Port of the xDS (ADS, gRPC) server Envoys connect to. 0 picks a free port.
     #[arg(long, env = "TOOLMESH_XDS_PORT", default_value_t = 18000)]
     pub xds_port: u16,
-    /// Port Envoy serves MCP on. Kept for the xDS wiring.
+    /// Address the xDS server binds to.
+    #[arg(long, env = "TOOLMESH_XDS_BIND", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub xds_bind: IpAddr,
+    /// Port of the MCP listener the control plane configures in Envoy.
     #[arg(long, env = "TOOLMESH_MCP_PORT", default_value_t = 8080)]
     pub mcp_port: u16,
+    /// Address of the MCP listener the control plane configures in Envoy (an IP address).
+    #[arg(long, env = "TOOLMESH_LISTENER_ADDRESS", default_value = "127.0.0.1")]
+    pub listener_address: String,
+    /// Path of the toolmesh filter (`toolmesh_filter.wasm`) as Envoy sees it; Envoy loads it.
+    #[arg(
+        long,
+        env = "TOOLMESH_WASM_PATH",
+        default_value = "target/wasm32-wasip1/wasm-release/toolmesh_filter.wasm"
+    )]
+    pub wasm_path: PathBuf,
+    /// Envoy closes an MCP stream with no traffic in either direction for this many seconds
+    /// (the GET notification stream can be quiet for long; there is no route timeout).
+    #[arg(long, env = "TOOLMESH_STREAM_IDLE_TIMEOUT", default_value_t = 600)]
+    pub stream_idle_timeout_secs: u64,
+    /// CA bundle (PEM, as Envoy sees it) that verifies `https` MCP servers.
+    #[arg(
+        long,
+        env = "TOOLMESH_UPSTREAM_CA_FILE",
+        default_value = "/etc/ssl/certs/ca-certificates.crt"
+    )]
+    pub upstream_ca_file: PathBuf,
 }
 
 impl ServeConfig {
@@ -96,13 +120,35 @@ impl ServeConfig {
             discovery_watch: true,
             public_mcp_url: "http://127.0.0.1:8080".into(),
             xds_port: 18000,
+            xds_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             mcp_port: 8080,
+            listener_address: "127.0.0.1".into(),
+            wasm_path: PathBuf::from("target/wasm32-wasip1/wasm-release/toolmesh_filter.wasm"),
+            stream_idle_timeout_secs: 600,
+            upstream_ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
         }
     }
 
     /// The REST API's socket address.
     pub fn api_addr(&self) -> SocketAddr {
         SocketAddr::new(self.api_bind, self.api_port)
+    }
+
+    /// The xDS server's socket address.
+    pub fn xds_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.xds_bind, self.xds_port)
+    }
+
+    /// How the control plane configures Envoy.
+    pub fn gateway_settings(&self) -> toolmesh_xds::GatewaySettings {
+        toolmesh_xds::GatewaySettings {
+            listener_address: self.listener_address.clone(),
+            listener_port: self.mcp_port,
+            wasm_path: self.wasm_path.clone(),
+            stream_idle_timeout: Duration::from_secs(self.stream_idle_timeout_secs.max(1)),
+            upstream_ca_file: self.upstream_ca_file.clone(),
+            ..toolmesh_xds::GatewaySettings::default()
+        }
     }
 
     /// The discovery deadline.

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod discovery;
+pub mod gateway;
 pub mod policy;
 pub mod store;
 pub mod watchers;
@@ -142,7 +143,7 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServeError> {
     ))
 }
 
-/// Serve the REST API (and the discovery schedule) until `shutdown` completes.
+/// Serve the REST API, the xDS server and the discovery schedule until `shutdown` completes.
 pub async fn run(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -198,10 +199,57 @@ pub async fn serve(
             config.discovery_timeout(),
         )
     });
+    // One shutdown signal, fanned out to the REST API, the xDS server and the publisher.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let xds_addr = config.xds_addr();
+    let xds_listener = tokio::net::TcpListener::bind(xds_addr)
+        .await
+        .map_err(|source| ServeError::Io {
+            what: format!("binding the xDS server to {xds_addr}"),
+            source,
+        })?;
+    let xds_local = xds_listener.local_addr().map_err(|source| ServeError::Io {
+        what: "reading the xDS listener address".into(),
+        source,
+    })?;
+    let settings = config.gateway_settings();
+    if !settings.wasm_path.exists() {
+        tracing::warn!(wasm = %settings.wasm_path.display(), "the filter's wasm file is not on this host; Envoy must find it at this path (TOOLMESH_WASM_PATH)");
+    }
+    tracing::info!(
+        xds = %xds_local,
+        mcp_listener = %format!("{}:{}", settings.listener_address, settings.listener_port),
+        wasm = %settings.wasm_path.display(),
+        "toolmesh xDS (ADS) server listening"
+    );
+    let (xds_server, xds) = toolmesh_xds::XdsServer::new(settings);
+    let state = state.with_xds(xds.clone());
+    let publisher = gateway::spawn_publisher(
+        state.store.clone(),
+        state.catalog_version.clone(),
+        xds,
+        state.published.clone(),
+    );
+    let xds_task = tokio::spawn(xds_server.serve(xds_listener, stopped(stop_rx.clone())));
+
     let store = state.store.clone();
     let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stopped(stop_rx))
         .await;
+    publisher.abort();
+    match xds_task.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "the xDS server failed"),
+        Err(e) => tracing::error!(error = %e, "the xDS server task failed"),
+        Ok(Ok(())) => {}
+    }
     for task in scheduler.into_iter().chain(watchers) {
         task.abort();
     }

@@ -50,6 +50,7 @@ async fn catalog_cli_against_a_live_server() {
     config.api_port = 0;
     config.discovery_interval_secs = 0;
     config.discovery_watch = false;
+    config.xds_port = 0;
     let state = toolmesh::build_state(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", listener.local_addr().unwrap());
@@ -215,17 +216,25 @@ impl Serve {
 /// Start `toolmesh serve` on a free port and wait until its API is up.
 fn start_serve(data_dir: &std::path::Path) -> Serve {
     let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--api-port", "0", "--log-format", "json"])
-        .env("TOOLMESH_DATA_DIR", data_dir)
-        .env("TOOLMESH_DISCOVERY_INTERVAL", "0")
-        .env("TOOLMESH_DISCOVERY_WATCH", "false")
-        .env_remove("TOOLMESH_ADMIN_TOKEN")
-        .env_remove("DATABASE_URL")
-        .env_remove("TOOLMESH_SECRET_KEY")
-        .env_remove("TOOLMESH_SECRET_KEY_FILE")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "serve",
+        "--api-port",
+        "0",
+        "--xds-port",
+        "0",
+        "--log-format",
+        "json",
+    ])
+    .env("TOOLMESH_DATA_DIR", data_dir)
+    .env("TOOLMESH_DISCOVERY_INTERVAL", "0")
+    .env("TOOLMESH_DISCOVERY_WATCH", "false")
+    .env_remove("TOOLMESH_ADMIN_TOKEN")
+    .env_remove("DATABASE_URL")
+    .env_remove("TOOLMESH_SECRET_KEY")
+    .env_remove("TOOLMESH_SECRET_KEY_FILE")
+    .env_remove("RUST_LOG")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = Child(cmd.spawn().unwrap());
     let stdout = child.0.stdout.take().unwrap();
     let stderr = child.0.stderr.take().unwrap();
@@ -386,7 +395,7 @@ async fn serve_first_start_generates_token_and_key_then_reuses_them() {
 
     // A different key is refused: credentials stored with the old one would not open.
     let wrong = Command::new(BIN)
-        .args(["serve", "--api-port", "0"])
+        .args(["serve", "--api-port", "0", "--xds-port", "0"])
         .env("TOOLMESH_DATA_DIR", dir.path())
         .env("TOOLMESH_SECRET_KEY", "00".repeat(32))
         .env_remove("DATABASE_URL")

@@ -5,6 +5,7 @@
 //! request tracing, and a body limit. Each resource lives in its own module.
 
 pub mod catalog;
+pub mod envoys;
 pub mod error;
 pub mod extract;
 pub mod items;
@@ -61,6 +62,10 @@ pub struct AppState {
     /// The catalog version; changes after every committed change (from any replica on
     /// Postgres). The xDS wiring subscribes here.
     pub catalog_version: watch::Receiver<u64>,
+    /// The xDS server, when this process serves one (`/v1/envoys`, `/metrics`).
+    pub xds: Option<toolmesh_xds::XdsHandle>,
+    /// What the catalog publisher last pushed.
+    pub published: crate::gateway::PublishedState,
 }
 
 impl AppState {
@@ -72,7 +77,15 @@ impl AppState {
             key: Arc::new(key),
             settings: Arc::new(settings),
             catalog_version,
+            xds: None,
+            published: Default::default(),
         }
+    }
+
+    /// The same state, reporting on an xDS server.
+    pub fn with_xds(mut self, xds: toolmesh_xds::XdsHandle) -> Self {
+        self.xds = Some(xds);
+        self
     }
 
     /// The MCP endpoint of a virtual server.
@@ -91,11 +104,13 @@ pub fn router(state: AppState) -> Router {
         .merge(items::router())
         .merge(virtual_servers::router())
         .merge(catalog::router())
+        .merge(envoys::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(envoys::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -212,7 +227,7 @@ impl utoipa::Modify for BearerAuth {
         items::patch_resource_template, items::accept_resource_template,
         virtual_servers::create, virtual_servers::list, virtual_servers::show,
         virtual_servers::replace, virtual_servers::delete,
-        catalog::version, catalog::policy,
+        catalog::version, catalog::policy, envoys::list, envoys::metrics,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     tags(
