@@ -130,14 +130,15 @@ impl Rig {
         format!("{}/servers/{vs}/mcp", self.envoy.listener_url())
     }
 
-    /// Polls the counter/gauge `wasmcustom.<name>` until it equals `expected` (stats may lag);
-    /// panics with the last value otherwise.
+    /// Polls the counter/gauge `wasmcustom.<name>` until it equals `expected` (stats may lag;
+    /// a stat not defined yet counts as 0); panics with the last value otherwise.
     async fn assert_stat(&self, name: &str, expected: u64) {
         let full = format!("wasmcustom.{name}");
         let deadline = Instant::now() + STAT_TIMEOUT;
         loop {
             let value = self.envoy.stat(&full).await;
-            if value == Some(expected) {
+            // Stats are defined on first use: an absent counter is a zero one.
+            if value.unwrap_or(0) == expected {
                 return;
             }
             if Instant::now() >= deadline {
@@ -399,6 +400,23 @@ fn assert_upstream_saw_renamed_add(server: &RunningServer, what: &str) {
     }
 }
 
+/// After one run of [`demo_ops`] on a stateful (SSE) upstream: the outcomes the filter read
+/// from the SSE responses (`fail`'s `isError`), and the denials by reason.
+async fn assert_client_run_stats(rig: &Rig) {
+    let tool = "toolmesh.tool.demo.everything";
+    rig.assert_stat(&format!("{tool}.add_numbers.calls"), 1)
+        .await;
+    rig.assert_stat(&format!("{tool}.add_numbers.errors"), 0)
+        .await;
+    rig.assert_stat(&format!("{tool}.echo.calls"), 2).await;
+    rig.assert_stat(&format!("{tool}.fail.calls"), 1).await;
+    rig.assert_stat(&format!("{tool}.fail.errors"), 1).await;
+    // long_list_01, no_such_tool_zz, summarize, test://static/logo.
+    rig.assert_stat("toolmesh.vs.demo.denied.not_allowed", 4)
+        .await;
+    rig.assert_stat("toolmesh.vs.demo.rq.tools_call", 6).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1-3: the official clients: allowed calls, denials that keep the session, filtered lists
 // ---------------------------------------------------------------------------------------------
@@ -549,6 +567,7 @@ async fn python_legacy_allowed_denied_and_filtered_lists() {
     assert_eq!(doc["server_info"]["name"], "toolmesh-test-server");
     check_python_demo(&doc, mode);
     assert_upstream_saw_renamed_add(&rig.server, mode);
+    assert_client_run_stats(&rig).await;
     // One session: every request after `initialize` carried the same upstream session id, the
     // denials notwithstanding.
     let requests = rig.server.requests();
@@ -586,6 +605,7 @@ async fn python_auto_allowed_denied_and_filtered_lists() {
     assert_eq!(doc["protocol_version"], "2026-07-28", "{doc:#}");
     check_python_demo(&doc, mode);
     assert_upstream_saw_renamed_add(&rig.server, mode);
+    assert_client_run_stats(&rig).await;
     // The 2026-07-28 client sends Mcp-Name; the upstream must have seen the upstream name.
     let add = tool_calls(&rig.server)
         .into_iter()
@@ -668,6 +688,7 @@ async fn typescript_allowed_denied_and_filtered_lists() {
     );
     assert_eq!(ts_ok(&doc, 14, what)["content"][0]["text"], "the end");
     assert_upstream_saw_renamed_add(&rig.server, what);
+    assert_client_run_stats(&rig).await;
     assert_eq!(rig.server.calls(), ["add", "echo", "fail", "echo"]);
 
     let doc = ts_client(&rig.url("other"), &other_ops(), &[])
@@ -740,6 +761,44 @@ async fn json_list_pages_are_filtered_with_cursors_kept() {
     assert_eq!(names(&other["result"]["tools"], "name"), ["echo"]);
     // A list never carries the upstream's own name of a renamed tool.
     assert!(!pages.iter().any(|(n, _)| n.iter().any(|n| n == "add")));
+}
+
+/// What the upstream answers is not hidden: a JSON-RPC error to a list request comes through
+/// as the upstream sent it (not replaced, not emptied), and an HTTP error of a call reaches the
+/// client and counts as an error of that tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_pass_through() {
+    let rig = require!(Rig::start_json(None).await);
+    let reply = post(
+        &rig.url("demo"),
+        &[],
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"bogus"}}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let v = reply.json();
+    assert_eq!(v["id"], 1, "{v}");
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("bogus"),
+        "the upstream's own error: {v}"
+    );
+    drop(rig);
+
+    // A stateful upstream refuses a call without a session with an HTTP error.
+    let rig = require!(Rig::start(TestServerConfig::default(), None).await);
+    let reply = post(
+        &rig.url("demo"),
+        &[],
+        call_body(2, r#""echo""#, r#"{"message":"no session"}"#),
+    )
+    .await;
+    assert!(reply.status >= 400, "{reply:?}");
+    assert_eq!(rig.server.requests().len(), 1, "forwarded");
+    rig.assert_stat("toolmesh.tool.demo.everything.echo.calls", 1)
+        .await;
+    rig.assert_stat("toolmesh.tool.demo.everything.echo.errors", 1)
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -986,11 +1045,24 @@ fn refusals() -> Vec<Refusal> {
             .header("mcp-name", "add")
             .status(200, -32020, json!(7))
             .reason("header_mismatch"),
+        refusal(
+            "resource Mcp-Name mismatch",
+            r#"{"jsonrpc":"2.0","id":33,"method":"resources/read","params":{"uri":"test://template/1/data"}}"#,
+        )
+        .header("mcp-name", "test://static/readme")
+        .status(200, -32020, json!(33))
+        .reason("header_mismatch"),
         // Look-alikes of allowed names.
         refusal("upper case", call_body(10, r#""ADD_NUMBERS""#, r#"{"a":1,"b":2}"#))
             .status(200, -32602, json!(10))
             .reason("lookalike")
             .says(&["'ADD_NUMBERS'", "'demo'"]),
+        refusal(
+            "string id with an escape",
+            r#"{"jsonrpc":"2.0","id":"req-\"9\"","method":"tools/call","params":{"name":"Echo"}}"#,
+        )
+        .status(200, -32602, json!("req-\"9\""))
+        .reason("lookalike"),
         refusal("trailing space", call_body(11, r#""add_numbers ""#, r#"{"a":1,"b":2}"#))
             .status(200, -32602, json!(11))
             .reason("lookalike")
@@ -1440,6 +1512,16 @@ async fn forged_cluster_header_routes_nowhere_else() {
     assert_eq!(seen[0].header("x-toolmesh-extra"), None, "{seen:#?}");
     assert_eq!(seen[0].path, "/mcp");
 
+    // The query string is kept on the member's path.
+    let reply = post(
+        &format!("{}?tenant=a&x=1", rig.url("demo")),
+        &forged,
+        call_body(5, r#""echo""#, r#"{"message":"q"}"#),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(rig.server.requests()[1].path, "/mcp?tenant=a&x=1");
+
     // Refused, unknown virtual server, bad path, other method: the forged header changes nothing.
     let denied = post(
         &rig.url("demo"),
@@ -1472,7 +1554,7 @@ async fn forged_cluster_header_routes_nowhere_else() {
 
     assert_eq!(
         rig.server.requests().len(),
-        1,
+        2,
         "{:#?}",
         rig.server.requests()
     );
