@@ -10,6 +10,9 @@
 //! `<member.path>` (query string kept), and, when it renamed an item in the body, replaces the
 //! body, `content-length` and `mcp-name`.
 
+use std::borrow::Cow;
+use std::rc::Rc;
+
 use crate::jsonrpc::{self, Field, Id, Message, ParseError};
 use crate::lists::ListKind;
 use crate::outcome::media_type;
@@ -53,6 +56,99 @@ pub struct RequestHead<'a> {
     pub mcp_name: Option<&'a str>,
     /// The request has no body (headers end the stream).
     pub end_of_stream: bool,
+    /// The first header the filter decides on (`content-type`, `content-encoding`,
+    /// `content-length`, `mcp-method`, `mcp-name`) whose value is not UTF-8: refused.
+    pub invalid_utf8: Option<&'static str>,
+}
+
+/// Prefix of headers the gateway uses internally; removed from client requests.
+pub const INTERNAL_PREFIX: &str = "x-toolmesh-";
+
+/// The request headers the filter reads, gathered from Envoy's header list in one pass.
+///
+/// Why bytes: a header value may carry any octet (HTTP allows obs-text), and proxy-wasm
+/// 0.2.5's `get_map` panics on a value that is not UTF-8, which would kill the VM on one
+/// client header. The shell reads the list as bytes; values the filter decides on must be
+/// UTF-8 (else the request is refused), every other header passes untouched. Values are
+/// borrowed from the list; a repeated header is joined with `", "` (HTTP list semantics), so a
+/// repetition cannot hide a value from the checks.
+#[derive(Debug, Default)]
+pub struct RequestHeaders<'a> {
+    values: [Option<Cow<'a, str>>; 7],
+    invalid_utf8: Option<&'static str>,
+    /// Client headers with the gateway's internal prefix ([`INTERNAL_PREFIX`]), to remove.
+    pub internal: Vec<&'a str>,
+}
+
+/// The headers [`RequestHeaders`] keeps, in slot order.
+const READ_HEADERS: [&str; 7] = [
+    ":method",
+    ":path",
+    "content-type",
+    "content-encoding",
+    "content-length",
+    "mcp-method",
+    "mcp-name",
+];
+
+impl<'a> RequestHeaders<'a> {
+    /// Scan Envoy's request header list (names are lowercase in Envoy; others are folded).
+    pub fn scan(pairs: &'a [(String, Vec<u8>)]) -> Self {
+        let mut out = Self::default();
+        for (name, value) in pairs {
+            let lower: Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(name.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(name.as_str())
+            };
+            let Some(slot) = READ_HEADERS.iter().position(|h| *h == lower) else {
+                if lower.starts_with(INTERNAL_PREFIX) {
+                    out.internal.push(name);
+                }
+                continue;
+            };
+            let value: Cow<'a, str> = match std::str::from_utf8(value) {
+                Ok(v) => Cow::Borrowed(v),
+                Err(_) => {
+                    // `:method` and `:path` are ASCII in Envoy; others are decided on.
+                    if slot >= 2 && out.invalid_utf8.is_none() {
+                        out.invalid_utf8 = READ_HEADERS.get(slot).copied();
+                    }
+                    String::from_utf8_lossy(value)
+                }
+            };
+            if let Some(entry) = out.values.get_mut(slot) {
+                match entry {
+                    None => *entry = Some(value),
+                    Some(prev) => {
+                        let joined = prev.to_mut();
+                        joined.push_str(", ");
+                        joined.push_str(&value);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn get(&self, slot: usize) -> Option<&str> {
+        self.values.get(slot).and_then(|v| v.as_deref())
+    }
+
+    /// The [`RequestHead`] to decide on.
+    pub fn head(&self, end_of_stream: bool) -> RequestHead<'_> {
+        RequestHead {
+            method: self.get(0).unwrap_or_default(),
+            path: self.get(1).unwrap_or_default(),
+            content_type: self.get(2),
+            content_encoding: self.get(3),
+            content_length: self.get(4),
+            mcp_method: self.get(5),
+            mcp_name: self.get(6),
+            end_of_stream,
+            invalid_utf8: self.invalid_utf8,
+        }
+    }
 }
 
 /// A local reply: an HTTP status and a JSON-RPC error body (`content-type: application/json`).
@@ -68,9 +164,9 @@ pub struct Reply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// Value for `x-toolmesh-cluster`.
-    pub cluster: String,
+    pub cluster: Rc<str>,
     /// New `:path`.
-    pub path: String,
+    pub path: Rc<str>,
     /// Replacement body (then `content-length` must be set to its length).
     pub body: Option<Vec<u8>>,
     /// Replacement `mcp-name` header value.
@@ -78,14 +174,10 @@ pub struct Route {
 }
 
 /// A tool of the policy, as named in stats.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ToolRef {
-    /// Virtual server slug.
-    pub vs: String,
-    /// MCP server slug of the owning member.
-    pub mcp_server: String,
-    /// Exposed tool name.
-    pub tool: String,
+    /// The tool's index among the policy's tools ([`crate::policy::Item::stat`]).
+    pub stat: u32,
 }
 
 /// An allowed request.
@@ -93,8 +185,8 @@ pub struct ToolRef {
 pub struct Forward {
     /// Where to send it.
     pub route: Route,
-    /// Virtual server slug.
-    pub vs: String,
+    /// Index of the virtual server in the policy.
+    pub vs: usize,
     /// The request kind, for `rq` stats.
     pub method: MethodStat,
     /// For `tools/call`: the tool (per-tool stats).
@@ -112,8 +204,9 @@ pub struct Deny {
     pub reply: Reply,
     /// Why (stat segment).
     pub reason: Reason,
-    /// The virtual server, when known and in the policy (else the denial is counted globally).
-    pub vs: Option<String>,
+    /// The virtual server's index, when it is in the policy (else the denial is counted
+    /// globally).
+    pub vs: Option<usize>,
     /// The request kind, when the body was parsed.
     pub method: Option<MethodStat>,
     /// The policy tool the request named (or looked like), for the per-tool `denied` counter.
@@ -134,10 +227,10 @@ pub enum HeadDecision {
 /// What the header phase learnt, for the body phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
-    /// The virtual server slug from the path.
-    pub vs: String,
-    /// Whether the policy has it.
-    pub known: bool,
+    /// The virtual server's index in the policy, if the policy has it.
+    pub vs: Option<usize>,
+    /// The slug from the path when the policy does not have it (for the error message).
+    pub unknown_name: String,
     /// The query string, if any.
     pub query: Option<String>,
     /// `mcp-method`, if sent.
@@ -201,10 +294,10 @@ fn deny_global(reason: Reason, status: u16, code: i64, message: &str, id: Option
     }
 }
 
-fn new_path(member_path: &str, query: Option<&str>) -> String {
+fn new_path(member_path: &Rc<str>, query: Option<&str>) -> Rc<str> {
     match query {
-        Some(q) => format!("{member_path}?{q}"),
-        None => member_path.to_owned(),
+        Some(q) => Rc::from(format!("{member_path}?{q}")),
+        None => Rc::clone(member_path),
     }
 }
 
@@ -224,11 +317,21 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
         HeadDecision::Deny(Deny {
             reply: reply(None, codes::INVALID_REQUEST, message, status),
             reason,
-            vs: vs.map(|v| v.name.clone()),
+            vs: vs.map(|v| v.index),
             method: None,
             tool: None,
         })
     };
+    if let Some(name) = head.invalid_utf8 {
+        return match vs {
+            None => HeadDecision::Deny(unknown_vs(vs_name, None)),
+            Some(_) => denied(
+                Reason::InvalidRequest,
+                400,
+                &format!("Invalid request: the {name} header is not valid UTF-8"),
+            ),
+        };
+    }
     match head.method {
         "GET" | "DELETE" => {
             let Some(vs) = vs else {
@@ -251,12 +354,12 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
             };
             HeadDecision::Forward(Forward {
                 route: Route {
-                    cluster: primary.cluster.clone(),
+                    cluster: Rc::clone(&primary.cluster),
                     path: new_path(&primary.path, query),
                     body: None,
                     mcp_name: None,
                 },
-                vs: vs.name.clone(),
+                vs: vs.index,
                 method,
                 tool: None,
                 list: None,
@@ -305,8 +408,12 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
                 return HeadDecision::Deny(unknown_vs(vs_name, None));
             }
             HeadDecision::ReadBody(Pending {
-                vs: vs_name.to_owned(),
-                known: vs.is_some(),
+                vs: vs.map(|v| v.index),
+                unknown_name: if vs.is_some() {
+                    String::new()
+                } else {
+                    vs_name.to_owned()
+                },
                 query: query.map(str::to_owned),
                 mcp_method: head.mcp_method.map(str::to_owned),
                 mcp_name: head.mcp_name.map(str::to_owned),
@@ -347,7 +454,7 @@ fn no_member(vs: &CompiledVs, id: Option<&Id>, method: Option<MethodStat>) -> De
             503,
         ),
         reason: Reason::NoMember,
-        vs: Some(vs.name.clone()),
+        vs: Some(vs.index),
         method,
         tool: None,
     }
@@ -363,7 +470,7 @@ pub fn body_too_large(pending: &Pending) -> Deny {
             413,
         ),
         reason: Reason::BodyTooLarge,
-        vs: pending.known.then(|| pending.vs.clone()),
+        vs: pending.vs,
         method: None,
         tool: None,
     }
@@ -379,7 +486,7 @@ pub fn trailers_refused(pending: &Pending) -> Deny {
             400,
         ),
         reason: Reason::InvalidRequest,
-        vs: pending.known.then(|| pending.vs.clone()),
+        vs: pending.vs,
         method: None,
         tool: None,
     }
@@ -387,7 +494,7 @@ pub fn trailers_refused(pending: &Pending) -> Deny {
 
 /// Decide on the complete body.
 pub fn decide_body(policy: &CompiledPolicy, pending: &Pending, body: &[u8]) -> BodyDecision {
-    let vs = policy.virtual_server(&pending.vs);
+    let vs = pending.vs.and_then(|i| policy.virtual_server_at(i));
     let Some(vs) = vs else {
         // Unknown virtual server: answer with the request id when it can be read.
         let id = match jsonrpc::parse(body) {
@@ -395,7 +502,7 @@ pub fn decide_body(policy: &CompiledPolicy, pending: &Pending, body: &[u8]) -> B
             Err(ParseError::Invalid { id, .. } | ParseError::DuplicateKey { id, .. }) => id,
             Err(_) => None,
         };
-        return BodyDecision::Deny(unknown_vs(&pending.vs, id.as_ref()));
+        return BodyDecision::Deny(unknown_vs(&pending.unknown_name, id.as_ref()));
     };
     if body.len() > pending.max_body {
         return BodyDecision::Deny(body_too_large(pending));
@@ -425,7 +532,7 @@ impl Ctx<'_> {
         Deny {
             reply: reply(id, code, message, status_without_id),
             reason,
-            vs: Some(self.vs.name.clone()),
+            vs: Some(self.vs.index),
             method: None,
             tool: None,
         }
@@ -481,11 +588,7 @@ impl Ctx<'_> {
     }
 
     fn tool_ref(&self, item: &Item) -> Option<ToolRef> {
-        Some(ToolRef {
-            vs: self.vs.name.clone(),
-            mcp_server: self.vs.member(item.member)?.mcp_server.clone(),
-            tool: item.exposed.clone(),
-        })
+        (item.stat != u32::MAX).then_some(ToolRef { stat: item.stat })
     }
 
     fn forward(
@@ -503,12 +606,12 @@ impl Ctx<'_> {
         };
         BodyDecision::Forward(Forward {
             route: Route {
-                cluster: m.cluster.clone(),
+                cluster: Rc::clone(&m.cluster),
                 path: new_path(&m.path, self.pending.query.as_deref()),
                 body,
                 mcp_name,
             },
-            vs: self.vs.name.clone(),
+            vs: self.vs.index,
             method,
             tool,
             list: list.map(|k| (k, member)),
@@ -819,6 +922,42 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(parse_path(path), want, "{path}");
         }
+    }
+
+    #[test]
+    fn header_scan() {
+        let pairs: Vec<(String, Vec<u8>)> = [
+            (":method", &b"POST"[..]),
+            (":path", b"/servers/demo/mcp"),
+            ("Content-Type", b"application/json"),
+            ("mcp-name", b"a"),
+            ("mcp-name", b"b"),
+            ("x-toolmesh-cluster", b"up_secret"),
+            ("X-Toolmesh-Other", b"1"),
+            ("x-other", b"\xff\xfe"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+        .collect();
+        let h = RequestHeaders::scan(&pairs);
+        let head = h.head(false);
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.path, "/servers/demo/mcp");
+        assert_eq!(head.content_type, Some("application/json"));
+        assert_eq!(head.mcp_name, Some("a, b"), "repeats are joined");
+        assert_eq!(head.mcp_method, None);
+        assert_eq!(
+            head.invalid_utf8, None,
+            "only headers the filter reads count"
+        );
+        assert_eq!(h.internal, vec!["x-toolmesh-cluster", "X-Toolmesh-Other"]);
+
+        let pairs = vec![
+            (":path".to_owned(), b"/servers/demo/mcp".to_vec()),
+            ("mcp-method".to_owned(), b"tools/call\xff".to_vec()),
+        ];
+        let h = RequestHeaders::scan(&pairs);
+        assert_eq!(h.head(false).invalid_utf8, Some("mcp-method"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::lists::{self, ListKind};
 use crate::outcome::{BodyKind, CallObserver};
 use crate::policy::CompiledPolicy;
 use crate::sse::SseSplitter;
-use crate::stats::{self, StatOp, ToolMetric};
+use crate::stats::{StatKey, StatOp, ToolMetric};
 
 /// Largest incomplete SSE event of a list response the filter holds (bytes).
 pub const LIST_EVENT_CAP: usize = 8 * 1024 * 1024;
@@ -86,7 +86,7 @@ struct Call {
 struct List {
     kind: ListKind,
     member: usize,
-    vs: String,
+    vs: usize,
     id: Option<Id>,
     sse: Option<SseSplitter>,
     failed: bool,
@@ -121,6 +121,38 @@ impl Flow {
     /// Stat updates accumulated since the last call.
     pub fn take_stats(&mut self) -> Vec<StatOp> {
         std::mem::take(&mut self.stats)
+    }
+
+    /// Stat updates accumulated since the last call, without giving up the buffer.
+    pub fn drain_stats(&mut self) -> std::vec::Drain<'_, StatOp> {
+        self.stats.drain(..)
+    }
+
+    /// The policy this request runs under (stat keys index it).
+    pub fn policy(&self) -> &Rc<CompiledPolicy> {
+        &self.policy
+    }
+
+    /// When the request started (the `now_ms` given to [`Flow::on_request_headers`]).
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    /// Is the flow waiting for the request body?
+    pub fn wants_request_body(&self) -> bool {
+        matches!(self.phase, Phase::ReadingBody(_))
+    }
+
+    /// Does [`Flow::on_response_headers`] need the response headers? (Only forwarded calls
+    /// and lists look at the response; the shell skips reading headers otherwise.)
+    pub fn wants_response(&self) -> bool {
+        matches!(self.phase, Phase::Forwarded) && (self.call.is_some() || self.list.is_some())
+    }
+
+    /// Is a forwarded call still waiting for the end of its response? ([`Flow::on_done`]
+    /// needs the time only then.)
+    pub fn call_pending(&self) -> bool {
+        self.call.as_ref().is_some_and(|c| !c.done)
     }
 
     /// The request headers arrived.
@@ -178,13 +210,13 @@ impl Flow {
 
     fn forward(&mut self, f: Forward, now_ms: u64) -> RequestAction {
         self.phase = Phase::Forwarded;
-        self.stats.push(StatOp::inc(stats::vs_rq(&f.vs, f.method)));
+        self.stats.push(StatOp::inc(vs_rq(f.vs, f.method)));
         if let Some(t) = &f.tool {
             self.stats.push(tool_op(t, ToolMetric::Calls, 1));
             self.stats
                 .push(tool_op(t, ToolMetric::LastCallTs, now_ms / 1000));
             self.call = Some(Call {
-                tool: t.clone(),
+                tool: *t,
                 id: f.id.clone(),
                 observer: None,
                 status_error: false,
@@ -195,7 +227,7 @@ impl Flow {
             self.list = Some(List {
                 kind,
                 member,
-                vs: f.vs.clone(),
+                vs: f.vs,
                 id: f.id.clone(),
                 sse: None,
                 failed: false,
@@ -206,14 +238,19 @@ impl Flow {
 
     fn deny(&mut self, d: Deny) -> RequestAction {
         self.phase = Phase::Denied;
-        match &d.vs {
+        match d.vs {
             Some(vs) => {
                 if let Some(m) = d.method {
-                    self.stats.push(StatOp::inc(stats::vs_rq(vs, m)));
+                    self.stats.push(StatOp::inc(vs_rq(vs, m)));
                 }
-                self.stats.push(StatOp::inc(stats::vs_denied(vs, d.reason)));
+                self.stats.push(StatOp::inc(StatKey::VsDenied {
+                    vs: index(vs),
+                    reason: d.reason,
+                }));
             }
-            None => self.stats.push(StatOp::inc(stats::global_denied(d.reason))),
+            None => self
+                .stats
+                .push(StatOp::inc(StatKey::GlobalDenied(d.reason))),
         }
         if let Some(t) = &d.tool {
             self.stats.push(tool_op(t, ToolMetric::Denied, 1));
@@ -304,7 +341,7 @@ impl Flow {
                 }
                 let policy = Rc::clone(&self.policy);
                 self.list.as_ref().and_then(|l| {
-                    let m = policy.virtual_server(&l.vs)?.member(l.member)?;
+                    let m = policy.virtual_server_at(l.vs)?.member(l.member)?;
                     Some(lists::filter_json_body(chunk, l.kind, m, l.id.as_ref()))
                 })
             }
@@ -322,7 +359,7 @@ impl Flow {
             return chunk.to_vec();
         };
         let Some(member) = policy
-            .virtual_server(&l.vs)
+            .virtual_server_at(l.vs)
             .and_then(|v| v.member(l.member))
         else {
             return chunk.to_vec();
@@ -374,7 +411,7 @@ impl Flow {
         call.done = true;
         let body_error = call.observer.as_mut().is_some_and(CallObserver::finish);
         let error = call.status_error || !complete || body_error;
-        let tool = call.tool.clone();
+        let tool = call.tool;
         if error {
             self.stats.push(tool_op(&tool, ToolMetric::Errors, 1));
         }
@@ -394,8 +431,21 @@ impl Flow {
 
 fn tool_op(t: &ToolRef, metric: ToolMetric, value: u64) -> StatOp {
     StatOp {
-        name: stats::tool_metric(&t.vs, &t.mcp_server, &t.tool, metric),
-        kind: metric.kind(),
+        key: StatKey::Tool {
+            tool: t.stat,
+            metric,
+        },
         value,
+    }
+}
+
+fn index(vs: usize) -> u32 {
+    u32::try_from(vs).unwrap_or(u32::MAX)
+}
+
+fn vs_rq(vs: usize, method: crate::stats::MethodStat) -> StatKey {
+    StatKey::VsRq {
+        vs: index(vs),
+        method,
     }
 }

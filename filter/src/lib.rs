@@ -26,9 +26,9 @@
 //! - Client request headers starting with `x-toolmesh-` are removed.
 //! - On an allowed request the filter sets `x-toolmesh-cluster: <member.cluster>`, rewrites
 //!   `:path` to `<member.path>` (keeping the query string), replaces the body and sets
-//!   `content-length` (and `mcp-name`, if the client sent it) when it renamed an item, and calls
-//!   Envoy's `clear_route_cache` foreign function. Envoy has one route per cluster matching the
-//!   header `x-toolmesh-cluster` exactly.
+//!   `content-length` (and `mcp-name`, if the client sent it) when it renamed an item. Envoy
+//!   clears its route cache on these writes, so the route is chosen again. Envoy has one route
+//!   per cluster matching the header `x-toolmesh-cluster` exactly.
 //! - Which member: name-bearing methods (`tools/call`, `prompts/get`, `resources/read`,
 //!   `resources/subscribe`, `resources/unsubscribe`, `completion/complete` with a `ref/prompt`
 //!   name or a `ref/resource` URI) go to the member that owns the name. Everything else
@@ -55,6 +55,7 @@
 //! | a JSON array (batch; MCP 2025-06-18 removed batching) | `batch` | — | 400, -32600 |
 //! | a repeated key in any object (keys compared after decoding escapes) | `duplicate_key` | 200, -32600 | 400, -32600 |
 //! | not JSON-RPC 2.0 (types, missing fields, `id: null`, ...) | `invalid_request` | 200, -32600 | 400, -32600 |
+//! | a header decided on (`content-type`, `content-encoding`, `content-length`, `mcp-*`) not UTF-8 | `invalid_request` | — | 400, -32600 |
 //! | `Mcp-Method`/`Mcp-Name` disagree with the body | `header_mismatch` | 200, -32020 | 400, -32020 |
 //! | tool/prompt not allowed | `not_allowed` | 200, -32602 | 403, -32602 |
 //! | resource not allowed | `not_allowed` | 200, -32002 | 403, -32002 |

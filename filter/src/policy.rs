@@ -7,10 +7,12 @@
 //! and builds those indexes once per configuration.
 
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use toolmesh_proto::{PolicyError, PolicySnapshot};
 
 use crate::sanitize::skeleton;
+use crate::stats::{self, MethodStat, MetricIds, Reason, StatKey, ToolMetric};
 use crate::template::UriTemplate;
 
 /// A policy ready for lookups.
@@ -22,6 +24,10 @@ pub struct CompiledPolicy {
     pub max_body_bytes: usize,
     index: HashMap<String, usize>,
     virtual_servers: Vec<CompiledVs>,
+    /// Per tool stat index ([`Item::stat`]): (virtual server, member, exposed name).
+    tool_stats: Vec<(usize, usize, String)>,
+    /// Host metric ids by stat slot (filled by the shell).
+    pub metric_ids: MetricIds,
 }
 
 /// One virtual server.
@@ -29,6 +35,8 @@ pub struct CompiledPolicy {
 pub struct CompiledVs {
     /// Its slug.
     pub name: String,
+    /// Its index in the policy (stat keys use it).
+    pub index: usize,
     /// Its members, in snapshot order; member 0 is the primary.
     pub members: Vec<CompiledMember>,
     tools: HashMap<String, Item>,
@@ -47,9 +55,9 @@ pub struct CompiledMember {
     /// Catalog slug of the MCP server.
     pub mcp_server: String,
     /// Envoy cluster.
-    pub cluster: String,
+    pub cluster: Rc<str>,
     /// Upstream MCP endpoint path.
-    pub path: String,
+    pub path: Rc<str>,
     /// Upstream tool name → exposed names (one upstream tool may be exposed under several).
     pub tools_by_upstream: HashMap<String, Vec<String>>,
     /// Upstream prompt name → exposed names.
@@ -71,6 +79,8 @@ pub struct Item {
     pub exposed: String,
     /// The name the upstream uses.
     pub upstream: String,
+    /// For tools: the tool's index among the policy's tools, for [`StatKey::Tool`].
+    pub stat: u32,
 }
 
 /// The answer to "may this name be used here?".
@@ -95,19 +105,87 @@ impl CompiledPolicy {
     pub fn compile(snapshot: &PolicySnapshot) -> Self {
         let mut index = HashMap::new();
         let mut virtual_servers = Vec::with_capacity(snapshot.virtual_servers.len());
+        let mut tool_stats = Vec::new();
         for vs in &snapshot.virtual_servers {
             if index.contains_key(&vs.name) {
                 continue;
             }
-            index.insert(vs.name.clone(), virtual_servers.len());
-            virtual_servers.push(compile_vs(vs));
+            let i = virtual_servers.len();
+            index.insert(vs.name.clone(), i);
+            virtual_servers.push(compile_vs(vs, i, &mut tool_stats));
         }
         Self {
             catalog_version: snapshot.catalog_version.clone(),
             max_body_bytes: usize::try_from(snapshot.limits.max_body_bytes).unwrap_or(usize::MAX),
             index,
             virtual_servers,
+            tool_stats,
+            metric_ids: MetricIds::default(),
         }
+    }
+
+    /// The virtual server at `index` (see [`CompiledVs::index`]).
+    pub fn virtual_server_at(&self, index: usize) -> Option<&CompiledVs> {
+        self.virtual_servers.get(index)
+    }
+
+    /// The dense slot of a stat (0..[`CompiledPolicy::stat_slots`]); `None` if the key does
+    /// not belong to this policy.
+    pub fn stat_slot(&self, key: StatKey) -> Option<u32> {
+        const GLOBAL: usize = Reason::ALL.len();
+        const PER_VS: usize = MethodStat::ALL.len() + Reason::ALL.len();
+        const PER_TOOL: usize = ToolMetric::ALL.len();
+        let slot = match key {
+            StatKey::GlobalDenied(r) => r as usize,
+            StatKey::VsRq { vs, method } => {
+                let vs = usize::try_from(vs)
+                    .ok()
+                    .filter(|&v| v < self.virtual_servers.len())?;
+                GLOBAL + vs * PER_VS + method as usize
+            }
+            StatKey::VsDenied { vs, reason } => {
+                let vs = usize::try_from(vs)
+                    .ok()
+                    .filter(|&v| v < self.virtual_servers.len())?;
+                GLOBAL + vs * PER_VS + MethodStat::ALL.len() + reason as usize
+            }
+            StatKey::Tool { tool, metric } => {
+                let tool = usize::try_from(tool)
+                    .ok()
+                    .filter(|&t| t < self.tool_stats.len())?;
+                GLOBAL + self.virtual_servers.len() * PER_VS + tool * PER_TOOL + metric as usize
+            }
+        };
+        u32::try_from(slot).ok()
+    }
+
+    /// The number of stat slots.
+    pub fn stat_slots(&self) -> usize {
+        Reason::ALL.len()
+            + self.virtual_servers.len() * (MethodStat::ALL.len() + Reason::ALL.len())
+            + self.tool_stats.len() * ToolMetric::ALL.len()
+    }
+
+    /// The Envoy stat name of `key` (see [`crate::stats`]); `None` if the key does not belong
+    /// to this policy.
+    pub fn stat_name(&self, key: StatKey) -> Option<String> {
+        let vs_name = |vs: u32| {
+            usize::try_from(vs)
+                .ok()
+                .and_then(|v| self.virtual_servers.get(v))
+                .map(|v| v.name.as_str())
+        };
+        Some(match key {
+            StatKey::GlobalDenied(r) => stats::global_denied(r),
+            StatKey::VsRq { vs, method } => stats::vs_rq(vs_name(vs)?, method),
+            StatKey::VsDenied { vs, reason } => stats::vs_denied(vs_name(vs)?, reason),
+            StatKey::Tool { tool, metric } => {
+                let (vs, member, exposed) = self.tool_stats.get(usize::try_from(tool).ok()?)?;
+                let vs = self.virtual_servers.get(*vs)?;
+                let member = vs.members.get(*member)?;
+                stats::tool_metric(&vs.name, &member.mcp_server, exposed, metric)
+            }
+        })
     }
 
     /// The virtual server named `name`.
@@ -123,9 +201,14 @@ impl CompiledPolicy {
     }
 }
 
-fn compile_vs(vs: &toolmesh_proto::VirtualServer) -> CompiledVs {
+fn compile_vs(
+    vs: &toolmesh_proto::VirtualServer,
+    index: usize,
+    tool_stats: &mut Vec<(usize, usize, String)>,
+) -> CompiledVs {
     let mut out = CompiledVs {
         name: vs.name.clone(),
+        index,
         members: Vec::with_capacity(vs.members.len()),
         tools: HashMap::new(),
         prompts: HashMap::new(),
@@ -139,8 +222,8 @@ fn compile_vs(vs: &toolmesh_proto::VirtualServer) -> CompiledVs {
     for (mi, m) in vs.members.iter().enumerate() {
         let mut member = CompiledMember {
             mcp_server: m.mcp_server.clone(),
-            cluster: m.cluster.clone(),
-            path: m.path.clone(),
+            cluster: Rc::from(m.cluster.as_str()),
+            path: Rc::from(m.path.as_str()),
             tools_by_upstream: HashMap::new(),
             prompts_by_upstream: HashMap::new(),
             resources: HashSet::new(),
@@ -153,10 +236,15 @@ fn compile_vs(vs: &toolmesh_proto::VirtualServer) -> CompiledVs {
                 .entry(t.upstream_name.clone())
                 .or_default()
                 .push(t.name.clone());
-            out.tools.entry(t.name.clone()).or_insert_with(|| Item {
-                member: mi,
-                exposed: t.name.clone(),
-                upstream: t.upstream_name.clone(),
+            out.tools.entry(t.name.clone()).or_insert_with(|| {
+                let stat = u32::try_from(tool_stats.len()).unwrap_or(u32::MAX);
+                tool_stats.push((index, mi, t.name.clone()));
+                Item {
+                    member: mi,
+                    exposed: t.name.clone(),
+                    upstream: t.upstream_name.clone(),
+                    stat,
+                }
             });
             out.tool_skeletons
                 .entry(skeleton(&t.name))
@@ -172,6 +260,7 @@ fn compile_vs(vs: &toolmesh_proto::VirtualServer) -> CompiledVs {
                 member: mi,
                 exposed: p.name.clone(),
                 upstream: p.upstream_name.clone(),
+                stat: u32::MAX,
             });
             out.prompt_skeletons
                 .entry(skeleton(&p.name))
@@ -310,10 +399,7 @@ pub(crate) mod tests {
         assert_eq!(p.catalog_version, "c1");
         assert!(p.virtual_server("nope").is_none());
         let vs = demo(&p);
-        assert_eq!(
-            vs.primary().map(|m| m.cluster.as_str()),
-            Some("up_everything")
-        );
+        assert_eq!(vs.primary().map(|m| &*m.cluster), Some("up_everything"));
         assert_eq!(vs.tools().count(), 4);
         let m0 = vs.member(0).unwrap_or_else(|| panic!("m0"));
         let mut sum_names = m0

@@ -34,25 +34,133 @@ pub enum MetricKind {
     Histogram,
 }
 
+/// Which stat an update is for, as indexes into the [`crate::policy::CompiledPolicy`] the
+/// request ran under.
+///
+/// Why indexes and not names: building a name (`format!` plus [`stat_segment`] per segment)
+/// and hashing it cost more than the rest of an allowed call's decision. A key is a few
+/// integers; [`crate::policy::CompiledPolicy::stat_slot`] turns it into a dense slot whose host
+/// metric id the shell caches, and [`crate::policy::CompiledPolicy::stat_name`] builds the
+/// name only the first time a slot is used. Keys are built only from the policy's own virtual
+/// servers and tools and the fixed vocabularies below, so a client still cannot create a stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatKey {
+    /// `toolmesh.global.denied.<reason>`.
+    GlobalDenied(Reason),
+    /// `toolmesh.vs.<vs>.rq.<method>`.
+    VsRq {
+        /// Index of the virtual server in the policy.
+        vs: u32,
+        /// The request kind.
+        method: MethodStat,
+    },
+    /// `toolmesh.vs.<vs>.denied.<reason>`.
+    VsDenied {
+        /// Index of the virtual server in the policy.
+        vs: u32,
+        /// Why.
+        reason: Reason,
+    },
+    /// `toolmesh.tool.<vs>.<mcp_server>.<tool>.<metric>`.
+    Tool {
+        /// Index of the tool in the policy (see [`crate::policy::Item::stat`]).
+        tool: u32,
+        /// Which of the tool's metrics.
+        metric: ToolMetric,
+    },
+}
+
+impl StatKey {
+    /// The Envoy metric kind.
+    pub fn kind(self) -> MetricKind {
+        match self {
+            Self::Tool { metric, .. } => metric.kind(),
+            _ => MetricKind::Counter,
+        }
+    }
+}
+
 /// One stat update the shell applies to Envoy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatOp {
-    /// The full metric name.
-    pub name: String,
-    /// The metric's kind.
-    pub kind: MetricKind,
+    /// Which stat.
+    pub key: StatKey,
     /// Counter: the increment; gauge: the new value; histogram: the recorded value.
     pub value: u64,
 }
 
 impl StatOp {
-    /// Increment counter `name` by one.
-    pub fn inc(name: String) -> Self {
-        Self {
-            name,
-            kind: MetricKind::Counter,
-            value: 1,
+    /// Increment counter `key` by one.
+    pub fn inc(key: StatKey) -> Self {
+        Self { key, value: 1 }
+    }
+
+    /// The Envoy metric kind.
+    pub fn kind(&self) -> MetricKind {
+        self.key.kind()
+    }
+}
+
+/// Host metric ids by stat slot, for one compiled policy and one VM.
+///
+/// Why here: the ids belong to the VM (the shell defines each metric once by name), but the
+/// slots belong to a policy, and a request keeps the policy it started with across an ECDS
+/// update. Keeping the cache next to the policy it indexes makes a stale slot impossible.
+/// Besides the id, a slot remembers the last value the shell set, so a gauge (`last_call_ts`,
+/// in seconds) is written only when it changes.
+#[derive(Debug, Default)]
+pub struct MetricIds {
+    slots: std::cell::RefCell<std::collections::HashMap<u32, (u32, u64), SlotHasher>>,
+}
+
+impl Clone for MetricIds {
+    /// A clone starts empty (ids are cheap to find again by name).
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl MetricIds {
+    /// The host id and last set value of `slot`, if known.
+    pub fn get(&self, slot: u32) -> Option<(u32, u64)> {
+        self.slots.try_borrow().ok()?.get(&slot).copied()
+    }
+
+    /// Remember `slot`'s host id and last set value.
+    pub fn set(&self, slot: u32, id: u32, last: u64) {
+        if let Ok(mut m) = self.slots.try_borrow_mut() {
+            m.insert(slot, (id, last));
         }
+    }
+}
+
+/// Hasher for slot numbers: the keys are small integers chosen by the policy, never by a
+/// client, so a multiplicative hash is enough (and much cheaper than SipHash in wasm).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SlotHasher;
+
+impl std::hash::BuildHasher for SlotHasher {
+    type Hasher = SlotHash;
+    fn build_hasher(&self) -> SlotHash {
+        SlotHash(0)
+    }
+}
+
+/// See [`SlotHasher`].
+#[derive(Debug)]
+pub struct SlotHash(u64);
+
+impl std::hash::Hasher for SlotHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(n)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
@@ -243,7 +351,7 @@ impl MethodStat {
 }
 
 /// The per-tool metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ToolMetric {
     /// Forwarded calls (counter).
     Calls,
@@ -258,6 +366,15 @@ pub enum ToolMetric {
 }
 
 impl ToolMetric {
+    /// Every metric, in declaration order.
+    pub const ALL: [ToolMetric; 5] = [
+        Self::Calls,
+        Self::Errors,
+        Self::Denied,
+        Self::LatencyMs,
+        Self::LastCallTs,
+    ];
+
     /// The last name segment.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use toolmesh_filter::decide::{RequestHead, Route};
 use toolmesh_filter::flow::{Flow, RequestAction, ResponseBodyMode};
 use toolmesh_filter::policy::CompiledPolicy;
-use toolmesh_filter::stats::{MetricKind, StatOp};
+use toolmesh_filter::stats::MetricKind;
 
 const POLICY: &str = r#"{
   "schema_version": 1,
@@ -47,21 +47,43 @@ fn post(path: &str) -> RequestHead<'_> {
         mcp_method: None,
         mcp_name: None,
         end_of_stream: false,
+        invalid_utf8: None,
     }
 }
 
+/// A stat update with its name resolved (what the shell sends to Envoy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Named {
+    name: String,
+    kind: MetricKind,
+    value: u64,
+}
+
+/// The flow's pending stat updates, named.
+fn take(flow: &mut Flow) -> Vec<Named> {
+    let policy = Rc::clone(flow.policy());
+    flow.take_stats()
+        .into_iter()
+        .map(|op| Named {
+            name: policy.stat_name(op.key).expect("a stat of the policy"),
+            kind: op.kind(),
+            value: op.value,
+        })
+        .collect()
+}
+
 /// Run a POST through headers and body; the action and the stats.
-fn run(head: &RequestHead<'_>, body: &str) -> (RequestAction, Vec<StatOp>, Flow) {
+fn run(head: &RequestHead<'_>, body: &str) -> (RequestAction, Vec<Named>, Flow) {
     let mut flow = Flow::new(policy());
     let action = match flow.on_request_headers(head, 1_000_000) {
         RequestAction::ReadBody => flow.on_request_body(body.as_bytes(), 1_000_001),
         other => other,
     };
-    let stats = flow.take_stats();
+    let stats = take(&mut flow);
     (action, stats, flow)
 }
 
-fn counters(stats: &[StatOp]) -> Vec<String> {
+fn counters(stats: &[Named]) -> Vec<String> {
     stats
         .iter()
         .filter(|s| s.kind == MetricKind::Counter)
@@ -165,8 +187,8 @@ fn allowed_calls_are_routed_to_the_owning_member() {
         head.mcp_name = mcp_name;
         let (action, _, _) = run(&head, &body);
         let r = route(&action);
-        assert_eq!(r.cluster, cluster, "{body}");
-        assert_eq!(r.path, new_path, "{body}");
+        assert_eq!(&*r.cluster, cluster, "{body}");
+        assert_eq!(&*r.path, new_path, "{body}");
         assert_eq!(
             r.body
                 .as_ref()
@@ -214,7 +236,7 @@ fn other_methods_go_to_the_primary_member() {
         let (action, stats, _) = run(&post("/servers/demo/mcp"), body);
         let r = route(&action);
         assert_eq!(
-            (r.cluster.as_str(), r.path.as_str(), r.body.is_none()),
+            (&*r.cluster, &*r.path, r.body.is_none()),
             ("up_everything", "/mcp", true),
             "{body}"
         );
@@ -261,7 +283,7 @@ fn resources_prompts_and_completions() {
     for (body, rewritten) in cases {
         let (action, _, _) = run(&post("/servers/demo/mcp"), body);
         let r = route(&action);
-        assert_eq!(r.cluster, "up_everything", "{body}");
+        assert_eq!(&*r.cluster, "up_everything", "{body}");
         assert_eq!(
             r.body
                 .as_ref()
@@ -571,6 +593,22 @@ fn header_checks_refuse_before_reading_the_body() {
         ),
         (
             RequestHead {
+                invalid_utf8: Some("mcp-name"),
+                ..post("/servers/demo/mcp")
+            },
+            400,
+            "toolmesh.vs.demo.denied.invalid_request",
+        ),
+        (
+            RequestHead {
+                invalid_utf8: Some("mcp-name"),
+                ..post("/servers/nope/mcp")
+            },
+            404,
+            "toolmesh.global.denied.unknown_virtual_server",
+        ),
+        (
+            RequestHead {
                 content_encoding: Some("gzip"),
                 ..post("/servers/demo/mcp")
             },
@@ -654,7 +692,7 @@ fn header_checks_refuse_before_reading_the_body() {
         assert_eq!(got, status, "{head:?}");
         assert_eq!(reply["jsonrpc"], json!("2.0"));
         assert_eq!(
-            counters(&flow.take_stats()),
+            counters(&take(&mut flow)),
             vec![stat.to_string()],
             "{head:?}"
         );
@@ -680,7 +718,7 @@ fn bodies_over_the_cap_are_refused_while_streaming_and_at_the_end() {
     let reply = flow.on_request_body_progress(2049).expect("refused");
     assert_eq!(reply.status, 413);
     assert_eq!(
-        counters(&flow.take_stats()),
+        counters(&take(&mut flow)),
         vec!["toolmesh.vs.demo.denied.body_too_large".to_string()]
     );
 
@@ -754,11 +792,8 @@ fn bodiless_get_and_delete_go_to_the_primary() {
         };
         let action = flow.on_request_headers(&head, 0);
         let r = route(&action);
-        assert_eq!(
-            (r.cluster.as_str(), r.path.as_str()),
-            ("up_everything", "/mcp?s=1")
-        );
-        assert_eq!(counters(&flow.take_stats()), vec![stat.to_string()]);
+        assert_eq!((&*r.cluster, &*r.path), ("up_everything", "/mcp?s=1"));
+        assert_eq!(counters(&take(&mut flow)), vec![stat.to_string()]);
     }
 }
 
@@ -773,21 +808,21 @@ fn forwarded_call() -> Flow {
         flow.on_request_body(call("7", "echo").as_bytes(), 1_000_000),
         RequestAction::Forward(_)
     ));
-    let stats = flow.take_stats();
+    let stats = take(&mut flow);
     assert_eq!(
         stats,
         vec![
-            StatOp {
+            Named {
                 name: "toolmesh.vs.demo.rq.tools_call".into(),
                 kind: MetricKind::Counter,
                 value: 1
             },
-            StatOp {
+            Named {
                 name: "toolmesh.tool.demo.everything.echo.calls".into(),
                 kind: MetricKind::Counter,
                 value: 1
             },
-            StatOp {
+            Named {
                 name: "toolmesh.tool.demo.everything.echo.last_call_ts".into(),
                 kind: MetricKind::Gauge,
                 value: 1000
@@ -797,16 +832,16 @@ fn forwarded_call() -> Flow {
     flow
 }
 
-fn latency(ms: u64) -> StatOp {
-    StatOp {
+fn latency(ms: u64) -> Named {
+    Named {
         name: "toolmesh.tool.demo.everything.echo.latency_ms".into(),
         kind: MetricKind::Histogram,
         value: ms,
     }
 }
 
-fn errors() -> StatOp {
-    StatOp {
+fn errors() -> Named {
+    Named {
         name: "toolmesh.tool.demo.everything.echo.errors".into(),
         kind: MetricKind::Counter,
         value: 1,
@@ -874,7 +909,7 @@ fn call_outcomes_are_observed_without_touching_the_stream() {
             want.push(errors());
         }
         want.push(latency(250));
-        assert_eq!(flow.take_stats(), want, "{status} {ct} {chunks:?}");
+        assert_eq!(take(&mut flow), want, "{status} {ct} {chunks:?}");
     }
 }
 
@@ -883,7 +918,7 @@ fn a_response_that_never_completes_is_an_error() {
     // Reset before any response.
     let mut flow = forwarded_call();
     flow.on_done(1_000_042);
-    assert_eq!(flow.take_stats(), vec![errors(), latency(42)]);
+    assert_eq!(take(&mut flow), vec![errors(), latency(42)]);
     // Reset in the middle of an SSE stream.
     let mut flow = forwarded_call();
     flow.on_response_headers(200, Some("text/event-stream"), false, 1_000_001);
@@ -893,12 +928,12 @@ fn a_response_that_never_completes_is_an_error() {
         1_000_002,
     );
     flow.on_done(1_000_500);
-    assert_eq!(flow.take_stats(), vec![errors(), latency(500)]);
+    assert_eq!(take(&mut flow), vec![errors(), latency(500)]);
     // A response without a body ends at the headers.
     let mut flow = forwarded_call();
     flow.on_response_headers(202, None, true, 1_000_003);
     flow.on_done(1_000_900);
-    assert_eq!(flow.take_stats(), vec![latency(3)]);
+    assert_eq!(take(&mut flow), vec![latency(3)]);
 }
 
 #[test]
@@ -970,7 +1005,7 @@ fn denied_requests_ignore_the_local_reply_on_the_way_out() {
     let h = flow.on_response_headers(200, Some("application/json"), false, 0);
     assert_eq!(h.body, ResponseBodyMode::Pass);
     flow.on_done(5);
-    assert!(flow.take_stats().is_empty());
+    assert!(take(&mut flow).is_empty());
 }
 
 #[test]
@@ -983,7 +1018,7 @@ fn request_trailers_are_refused_while_the_body_is_read() {
     let reply = flow.on_request_trailers().expect("refused");
     assert_eq!(reply.status, 400);
     assert_eq!(
-        counters(&flow.take_stats()),
+        counters(&take(&mut flow)),
         vec!["toolmesh.vs.demo.denied.invalid_request".to_string()]
     );
     // After a decision, trailers are none of the flow's business.
