@@ -781,10 +781,9 @@ impl PgStore {
     fn spawn_listener(&self, tx: watch::Sender<u64>) {
         let store = self.clone();
         tokio::spawn(async move {
+            // Runs until the pool closes. (Not until `tx` has no receivers: at spawn time nobody
+            // has subscribed yet, and a replica must still hear the others.)
             loop {
-                if tx.is_closed() {
-                    return;
-                }
                 match sqlx::postgres::PgListener::connect_with(&store.pool).await {
                     Ok(mut listener) => {
                         if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
