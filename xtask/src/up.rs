@@ -276,9 +276,9 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Stop Envoy first, then the demo server, then the control plane.
-    while let Some(p) = procs.pop() {
-        drop(p);
+    // Stop Envoy first (no new traffic), then the control plane, then the demo MCP server.
+    for name in ["envoy", "toolmesh serve", "demo MCP server"] {
+        procs.retain(|p| p.name != name);
     }
     Ok(())
 }
