@@ -736,7 +736,7 @@ impl Ctx<'_> {
             NamedKind::Prompt => None,
         };
         if let Some(h) = &self.pending.mcp_name
-            && decode_mcp_header(h).as_deref() != Some(name.as_str())
+            && decode_mcp_header(h).as_deref() != Some(&*name)
         {
             return BodyDecision::Deny(Deny {
                 method: Some(method),
@@ -767,7 +767,7 @@ impl Ctx<'_> {
         };
         if name_bearing
             && let Some(h) = &self.pending.mcp_name
-            && decode_mcp_header(h).as_deref() != Some(uri.as_str())
+            && decode_mcp_header(h).as_deref() != Some(&*uri)
         {
             return BodyDecision::Deny(Deny {
                 method: Some(method),

@@ -331,7 +331,11 @@ impl Flow {
             ResponseBodyMode::Pass => None,
             ResponseBodyMode::Observe => {
                 if let Some(o) = self.call.as_mut().and_then(|c| c.observer.as_mut()) {
-                    o.push(chunk);
+                    if end_of_stream {
+                        o.push_last(chunk);
+                    } else {
+                        o.push(chunk);
+                    }
                 }
                 None
             }

@@ -24,36 +24,61 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
+use std::rc::Rc;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// A JSON-RPC request id: a string or a number, kept as sent so a reply echoes it exactly.
+/// (Shared text: the request, the call observer and a reply hold the same id.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Id {
     /// A numeric id; the JSON text as sent (for example `1` or `-7`).
-    Number(String),
+    Number(Rc<str>),
     /// A string id, decoded.
-    String(String),
+    String(Rc<str>),
 }
 
 impl Id {
     /// Parse an id from its JSON text; `None` unless it is a string or a number.
     pub fn from_json(raw: &str) -> Option<Id> {
         match raw.as_bytes().first()? {
-            b'"' => serde_json::from_str::<String>(raw).ok().map(Id::String),
-            b'-' | b'0'..=b'9' => Some(Id::Number(raw.to_owned())),
+            b'"' => json_str(raw).map(|s| Id::String(Rc::from(s.as_ref()))),
+            b'-' | b'0'..=b'9' => Some(Id::Number(Rc::from(raw))),
             _ => None,
+        }
+    }
+
+    /// Is `raw` (a JSON value's text) this id? Same rule as comparing
+    /// [`Id::from_json`]`(raw)` with `self`, without allocating.
+    pub fn is_json(&self, raw: &str) -> bool {
+        match (self, raw.as_bytes().first()) {
+            (Id::Number(n), Some(b'-' | b'0'..=b'9')) => **n == *raw,
+            (Id::String(s), Some(b'"')) => json_str(raw).is_some_and(|v| *v == **s),
+            _ => false,
         }
     }
 
     /// The id as JSON text.
     pub fn to_json(&self) -> String {
         match self {
-            Id::Number(n) => n.clone(),
-            Id::String(s) => serde_json::to_string(s).unwrap_or_else(|_| "null".to_owned()),
+            Id::Number(n) => n.to_string(),
+            Id::String(s) => serde_json::to_string(&**s).unwrap_or_else(|_| "null".to_owned()),
         }
     }
+}
+
+/// Decode the JSON text of a string value (`None` if it is not a JSON string).
+///
+/// Why not always `serde_json::from_str::<String>`: the text comes from a document the parser
+/// already validated, so a token with no backslash is exactly its content between the quotes;
+/// only escaped strings need decoding (and an allocation).
+pub fn json_str(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.bytes().all(|b| b != b'\\' && b != b'"' && b >= 0x20) {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
 }
 
 /// What kind of JSON-RPC message the body holds.
@@ -76,10 +101,10 @@ pub struct Field<'a> {
     pub span: Range<usize>,
 }
 
-impl Field<'_> {
+impl<'a> Field<'a> {
     /// The decoded string value, or `None` if the value is not a JSON string.
-    pub fn as_str(&self) -> Option<String> {
-        serde_json::from_str::<String>(self.raw).ok()
+    pub fn as_str(&self) -> Option<Cow<'a, str>> {
+        json_str(self.raw)
     }
 }
 
@@ -102,7 +127,7 @@ pub struct Message<'a> {
     /// The id (requests and responses).
     pub id: Option<Id>,
     /// The method (requests and notifications).
-    pub method: Option<String>,
+    pub method: Option<Cow<'a, str>>,
     /// `params.name`.
     pub name: Option<Field<'a>>,
     /// `params.uri`.
@@ -210,18 +235,15 @@ fn validate(raw: RawTop<'_>) -> Result<Message<'_>, ParseError> {
         why: why.to_owned(),
         id: id.clone(),
     };
-    match raw
-        .jsonrpc
-        .and_then(|r| serde_json::from_str::<String>(r).ok())
-    {
+    match raw.jsonrpc.and_then(json_str) {
         Some(v) if v == "2.0" => {}
         _ => return Err(invalid("jsonrpc must be \"2.0\"")),
     }
     let method = match raw.method {
         None => None,
-        Some(r) => match serde_json::from_str::<String>(r) {
-            Ok(m) => Some(m),
-            Err(_) => return Err(invalid("method must be a string")),
+        Some(r) => match json_str(r) {
+            Some(m) => Some(m),
+            None => return Err(invalid("method must be a string")),
         },
     };
     if raw.params_not_object {
@@ -287,15 +309,25 @@ impl Ctx<'_> {
 }
 
 /// Tracks the keys of one object; reports the first repeat.
+///
+/// The first [`Keys::INLINE`] keys live on the stack (an MCP object rarely has more), so a
+/// typical message allocates nothing here; past that a `Vec`, and past 16 keys a `HashSet`
+/// (so a hostile object with many keys stays linear).
 struct Keys<'de> {
-    small: Vec<Cow<'de, str>>,
+    inline: [Option<Cow<'de, str>>; Keys::INLINE],
+    len: usize,
+    spill: Vec<Cow<'de, str>>,
     large: Option<HashSet<Cow<'de, str>>>,
 }
 
 impl<'de> Keys<'de> {
+    const INLINE: usize = 8;
+
     fn new() -> Self {
         Self {
-            small: Vec::new(),
+            inline: Default::default(),
+            len: 0,
+            spill: Vec::new(),
             large: None,
         }
     }
@@ -305,12 +337,21 @@ impl<'de> Keys<'de> {
         if let Some(set) = &mut self.large {
             return set.insert(key);
         }
-        if self.small.contains(&key) {
+        let seen = self.inline.iter().flatten().any(|k| *k == key) || self.spill.contains(&key);
+        if seen {
             return false;
         }
-        self.small.push(key);
-        if self.small.len() > 16 {
-            self.large = Some(self.small.drain(..).collect());
+        if let Some(slot) = self.inline.get_mut(self.len) {
+            *slot = Some(key);
+        } else {
+            self.spill.push(key);
+        }
+        self.len += 1;
+        if self.len > 16 {
+            let mut set: HashSet<Cow<'de, str>> =
+                self.inline.iter_mut().flat_map(Option::take).collect();
+            set.extend(self.spill.drain(..));
+            self.large = Some(set);
         }
         true
     }
@@ -839,6 +880,58 @@ mod tests {
             match parse(body.as_bytes()) {
                 Err(ParseError::Invalid { id, .. }) => assert_eq!(id, want_id, "{body}"),
                 other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn string_tokens_decode_like_serde() {
+        let cases = [
+            r#""add""#,
+            r#""""#,
+            r#""\u0061dd""#,
+            r#""a\"b""#,
+            r#""tab\there""#,
+            r#""é""#,
+            "\"a\"b\"",
+            "\"a\u{1}b\"",
+            "\"unterminated",
+            "7",
+            "null",
+            "",
+        ];
+        for raw in cases {
+            assert_eq!(
+                json_str(raw).map(Cow::into_owned),
+                serde_json::from_str::<String>(raw).ok(),
+                "{raw}"
+            );
+        }
+        assert!(matches!(json_str(r#""add""#), Some(Cow::Borrowed("add"))));
+    }
+
+    #[test]
+    fn ids_match_their_json() {
+        let raws = [
+            "1",
+            "-7",
+            "1.5",
+            r#""a""#,
+            r#""\u0061""#,
+            r#""1""#,
+            "null",
+            "true",
+        ];
+        for id_raw in raws {
+            let Some(id) = Id::from_json(id_raw) else {
+                continue;
+            };
+            for raw in raws {
+                assert_eq!(
+                    id.is_json(raw),
+                    Id::from_json(raw).as_ref() == Some(&id),
+                    "{id_raw} vs {raw}"
+                );
             }
         }
     }

@@ -102,6 +102,25 @@ impl CallObserver {
         }
     }
 
+    /// Feed the last chunk of the body (call [`CallObserver::finish`] next). A JSON body that
+    /// arrives in one chunk is read in place instead of being copied.
+    pub fn push_last(&mut self, chunk: &[u8]) {
+        if self.kind == BodyKind::Json
+            && self.verdict.is_none()
+            && self.json.is_empty()
+            && !self.json_overflow
+        {
+            let is_error = chunk.len() <= self.cap
+                && std::str::from_utf8(chunk)
+                    .ok()
+                    .and_then(|t| response_is_error(t, self.id.as_ref()))
+                    .unwrap_or(false);
+            self.verdict = Some(is_error);
+            return;
+        }
+        self.push(chunk);
+    }
+
     /// The body ended: was the call an error? (`false` if the response could not be read, for
     /// example a JSON body over the cap.)
     pub fn finish(&mut self) -> bool {
@@ -148,8 +167,7 @@ pub fn response_is_error(json: &str, id: Option<&Id>) -> Option<bool> {
     if probe.method.is_some() {
         return None;
     }
-    let got = Id::from_json(probe.id?.get())?;
-    if Some(&got) != id {
+    if !id?.is_json(probe.id?.get()) {
         return None;
     }
     if probe.error.is_some() {
@@ -219,7 +237,24 @@ mod tests {
             o.push(a);
             o.push(b);
             assert!(o.finish(), "cut {cut}");
+            let mut o = CallObserver::new(Some(id7()), BodyKind::Json, 1 << 20);
+            o.push(a);
+            o.push_last(b);
+            assert!(o.finish(), "cut {cut}, last chunk marked");
         }
+        let mut o = CallObserver::new(Some(id7()), BodyKind::Json, 1 << 20);
+        o.push_last(body);
+        assert!(o.finish(), "one chunk, read in place");
+        let ok = br#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#;
+        let mut o = CallObserver::new(Some(id7()), BodyKind::Json, 1 << 20);
+        o.push_last(ok);
+        assert!(!o.finish());
+        let mut o = CallObserver::new(Some(id7()), BodyKind::Json, 10);
+        o.push_last(body);
+        assert!(
+            !o.finish(),
+            "over the cap in one chunk: unknown counts as success"
+        );
         let mut o = CallObserver::new(Some(id7()), BodyKind::Json, 10);
         o.push(body);
         assert!(!o.finish(), "over the cap: unknown counts as success");
