@@ -1,7 +1,7 @@
 //! The command line of `mcp-test-server`, in the library so that other test crates can ship the
 //! same server as a binary of their own (a binary of another package is not built for their tests).
 //!
-//! Prints exactly one line, `listening on http://127.0.0.1:PORT/mcp`, to stdout once it accepts
+//! Prints exactly one line, `listening on http://HOST:PORT/mcp`, to stdout once it accepts
 //! connections, then serves until SIGINT/SIGTERM (or until killed). Logs go to stderr (`RUST_LOG`).
 
 use std::io::Write as _;
@@ -18,7 +18,10 @@ use crate::{TestServerConfig, spawn_on};
     about = "An upstream MCP test server (rmcp, Streamable HTTP)"
 )]
 pub struct Args {
-    /// Port on 127.0.0.1 (0 picks a free one).
+    /// Address to bind (loopback unless a container needs otherwise).
+    #[arg(long, default_value_t = std::net::IpAddr::from([127, 0, 0, 1]))]
+    pub host: std::net::IpAddr,
+    /// Port (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
     /// Serve every request on its own, without sessions.
@@ -50,7 +53,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         json_response: args.json_response,
         page_size: args.page_size,
     };
-    let server = spawn_on(config, SocketAddr::from(([127, 0, 0, 1], args.port))).await?;
+    let server = spawn_on(config, SocketAddr::new(args.host, args.port)).await?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", server.url())?;
