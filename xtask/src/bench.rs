@@ -9,7 +9,11 @@
 //! the filter/bare ratios. The machines are shared and noisy: these are measurements to compare
 //! in one run, never assertions.
 //!
-//! Options: `--duration SECS` (default 5), `--rounds N` (default 3).
+//! A second part measures the control plane → Envoy path (`tests/src/bin/toolmesh-xds-bench.rs`):
+//! REST write → enforcement on an open connection over 50 changes, and the build and push of a
+//! 10,000-tool catalog.
+//!
+//! Options: `--duration SECS` (default 5), `--rounds N` (default 3), `--filter-only`, `--xds-only`.
 
 use crate::util::{build_wasm, root, sh, step};
 use anyhow::{Context, Result, bail};
@@ -293,8 +297,51 @@ fn ensure_wrk() -> Result<()> {
         .context("wrk is needed for the benchmark; install it (Debian/Ubuntu: apt-get install wrk)")
 }
 
-/// Run the benchmark and print (and save) the table.
+/// Run the benchmarks and print (and save) the tables.
 pub fn run(args: &[String]) -> Result<()> {
+    let only_xds = args.iter().any(|a| a == "--xds-only");
+    let only_filter = args.iter().any(|a| a == "--filter-only");
+    let mut report = String::new();
+    if !only_xds {
+        report.push_str(&filter_bench(args)?);
+    }
+    if !only_filter {
+        report.push('\n');
+        report.push_str(&xds_bench()?);
+    }
+    println!("\n{report}");
+    std::fs::create_dir_all(root().join("target/bench"))?;
+    std::fs::write(root().join("target/bench/latest.md"), &report)?;
+    eprintln!("(saved to target/bench/latest.md)");
+    Ok(())
+}
+
+/// Control plane → Envoy: REST write → enforcement latency, and a 10k-tool snapshot push.
+fn xds_bench() -> Result<String> {
+    let tools = crate::setup::run()?;
+    let wasm = build_wasm()?;
+    step("control plane → Envoy: 50 REST changes, and 10,000 tools / 1,000 virtual servers");
+    let mut cmd = crate::util::cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "-p",
+        "toolmesh-e2e",
+        "--bin",
+        "toolmesh-xds-bench",
+    ])
+    .env("TOOLMESH_FILTER_WASM", &wasm);
+    for (k, v) in tools.env() {
+        cmd.env(k, v);
+    }
+    let out = crate::util::output(&mut cmd)?;
+    Ok(format!(
+        "{out}\n\nControl plane in the dev profile, in-process with SQLite; one Envoy 1.40; the same machine.\n"
+    ))
+}
+
+/// The filter against bare Envoy.
+fn filter_bench(args: &[String]) -> Result<String> {
     let secs = arg(args, "--duration", 5)?;
     let rounds = arg(args, "--rounds", 3)?;
     let tools = crate::setup::run()?;
@@ -398,10 +445,7 @@ pub fn run(args: &[String]) -> Result<()> {
         report,
         "\n{rounds} rounds × {secs} s per cell, alternating variants, medians; wrk -t1, one Envoy worker each, all on the same machine."
     );
-    println!("\n{report}");
-    std::fs::write(root().join("target/bench/latest.md"), &report)?;
-    eprintln!("(saved to target/bench/latest.md)");
-    Ok(())
+    Ok(report)
 }
 
 fn check_call(port: u16) -> Result<()> {
