@@ -663,6 +663,142 @@ pub async fn tools(opts: &ClientOpts, cmd: ToolsCmd) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `toolmesh tokens …`
+#[derive(Debug, clap::Subcommand)]
+pub enum TokensCmd {
+    /// Issue a token scoped to virtual servers; prints the token once.
+    Create {
+        /// Who or what holds it (an agent, a team).
+        name: String,
+        /// A virtual server it opens (repeatable), or `*` for all.
+        #[arg(long = "virtual-server", required = true)]
+        virtual_servers: Vec<String>,
+        /// Lifetime in seconds (omit for a token that does not expire).
+        #[arg(long)]
+        expires_in: Option<u64>,
+        /// A source network it may be used from, `10.0.0.0/8` (repeatable; default anywhere).
+        #[arg(long = "source-cidr")]
+        source_cidrs: Vec<String>,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List tokens (metadata only).
+    List,
+    /// Revoke a token: Envoy refuses it within about a second.
+    Revoke {
+        /// Token id (`tok_…`).
+        id: String,
+    },
+    /// Make a new signing key the active one (older tokens stay valid until they expire).
+    RotateKey,
+}
+
+/// Run a `tokens` command.
+pub async fn tokens(opts: &ClientOpts, cmd: TokensCmd) -> Result<(), CliError> {
+    let c = Client::new(opts);
+    let out = match cmd {
+        TokensCmd::Create {
+            name,
+            virtual_servers,
+            expires_in,
+            source_cidrs,
+            description,
+        } => {
+            let mut body = json!({"name": name, "virtual_servers": virtual_servers, "source_cidrs": source_cidrs});
+            if let Some(e) = expires_in {
+                body["expires_in"] = json!(e);
+            }
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            let v = c
+                .call(reqwest::Method::POST, "/v1/tokens", &[], Some(&body))
+                .await?;
+            let text = format!(
+                "token: {}\nid: {}\nvirtual servers: {}\nexpires: {}\nThe token is shown only now; send it as 'Authorization: Bearer <token>'.\n",
+                s(&v, "/token"),
+                s(&v, "/id"),
+                v["virtual_servers"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default(),
+                s(&v, "/expires_at"),
+            );
+            (v, text)
+        }
+        TokensCmd::List => {
+            let v = c.get_all("/v1/tokens", &[]).await?;
+            let rows: Vec<Vec<String>> = v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let join = |k: &str| {
+                        t[k].as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(Value::as_str)
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .filter(|j| !j.is_empty())
+                            .unwrap_or_else(|| "-".into())
+                    };
+                    vec![
+                        s(t, "/id"),
+                        truncate(&s(t, "/name"), 30),
+                        join("virtual_servers"),
+                        join("source_cidrs"),
+                        s(t, "/status"),
+                        s(t, "/expires_at"),
+                    ]
+                })
+                .collect();
+            let t = table(
+                &[
+                    "ID",
+                    "NAME",
+                    "VIRTUAL SERVERS",
+                    "SOURCE CIDRS",
+                    "STATUS",
+                    "EXPIRES",
+                ],
+                &rows,
+            );
+            (v, t)
+        }
+        TokensCmd::Revoke { id } => {
+            let v = c
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/tokens/{}", enc(&id)),
+                    &[],
+                    None,
+                )
+                .await?;
+            let text = format!("revoked token {} ({})\n", s(&v, "/id"), s(&v, "/name"));
+            (v, text)
+        }
+        TokensCmd::RotateKey => {
+            let v = c
+                .call(reqwest::Method::POST, "/v1/keys/rotate", &[], None)
+                .await?;
+            let text = format!(
+                "new signing key {}; tokens signed by older keys stay valid until they expire\n",
+                s(&v, "/kid")
+            );
+            (v, text)
+        }
+    };
+    emit(opts, out);
+    Ok(())
+}
+
 fn emit(opts: &ClientOpts, (json, text): (Value, String)) {
     if opts.json {
         print_json(&json);

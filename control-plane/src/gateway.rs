@@ -54,8 +54,9 @@ pub async fn publish_once(
     store: &Store,
     xds: &XdsHandle,
     published: &PublishedState,
+    public_url: &str,
 ) -> Result<u64, String> {
-    let model = policy::gateway_model(store)
+    let model = policy::gateway_model_with(store, public_url)
         .await
         .map_err(|e| format!("reading the catalog: {e}"))?;
     xds.publish(&to_xds_model(&model))
@@ -82,11 +83,12 @@ pub fn spawn_publisher(
     mut versions: tokio::sync::watch::Receiver<u64>,
     xds: XdsHandle,
     published: PublishedState,
+    public_url: String,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             versions.borrow_and_update();
-            match publish_once(&store, &xds, &published).await {
+            match publish_once(&store, &xds, &published, &public_url).await {
                 Ok(v) => tracing::info!(catalog_version = v, "catalog published to Envoy (xDS)"),
                 Err(e) => {
                     if let Ok(mut p) = published.lock() {

@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod gateway;
 pub mod policy;
 pub mod store;
+pub mod tokens;
 pub mod watchers;
 
 use std::future::Future;
@@ -118,6 +119,15 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServeError> {
                 .set_setting_if_absent(KEY_CHECK_SETTING, &hex::encode(sealed))
                 .await?;
         }
+    }
+
+    match tokens::ensure_signing_key(&store, &key).await {
+        Ok(true) => {
+            tracing::info!("generated the token signing key (Ed25519, sealed with the secret key)")
+        }
+        Ok(false) => {}
+        Err(tokens::TokenError::Store(e)) => return Err(e.into()),
+        Err(e) => tracing::error!(error = %e, "could not create the token signing key"),
     }
 
     match admin::ensure_admin_token(&store, config.admin_token.as_deref()).await? {
@@ -237,6 +247,7 @@ pub async fn serve(
         state.catalog_version.clone(),
         xds,
         state.published.clone(),
+        config.public_mcp_url.clone(),
     );
     let xds_task = tokio::spawn(xds_server.serve(xds_listener, stopped(stop_rx.clone())));
 

@@ -1,7 +1,7 @@
 //! `toolmesh` binary: parses flags, sets up logging, and calls into the library.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use toolmesh::cli::{ClientOpts, McpServersCmd, ToolsCmd, VirtualServersCmd};
+use toolmesh::cli::{ClientOpts, McpServersCmd, TokensCmd, ToolsCmd, VirtualServersCmd};
 use toolmesh::{ServeConfig, StoreConfig};
 
 #[derive(Debug, Parser)]
@@ -56,6 +56,13 @@ enum Command {
         #[command(subcommand)]
         cmd: ToolsCmd,
     },
+    /// Issue, list and revoke tokens scoped to virtual servers.
+    Tokens {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        cmd: TokensCmd,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +115,9 @@ async fn main() -> std::process::ExitCode {
         Command::Tools { client, cmd } => {
             toolmesh::cli::tools(&client, cmd).await.map_err(Into::into)
         }
+        Command::Tokens { client, cmd } => toolmesh::cli::tokens(&client, cmd)
+            .await
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -149,12 +149,31 @@ pub fn exposed_catalog(dump: &CatalogDump) -> BTreeMap<String, ExposedCatalog> {
     out
 }
 
-/// Read the catalog at one version and build the gateway model.
+/// The public MCP URL [`gateway_model`] assumes (the `--public-mcp-url` default).
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
+
+/// Read the catalog at one version and build the gateway model (with the default public URL in
+/// the token-check settings; `serve` uses [`gateway_model_with`]).
 pub async fn gateway_model(store: &Store) -> Result<GatewayModel, StoreError> {
+    gateway_model_with(store, DEFAULT_PUBLIC_URL).await
+}
+
+/// Read the catalog at one version and build the gateway model; `public_url` is where clients
+/// reach Envoy (for the `WWW-Authenticate` resource metadata URL). Besides the compiled policy,
+/// the snapshot carries the token checks: the JWKS, anonymous virtual servers and revoked token
+/// ids (read just after the catalog; a revocation always bumps the version, so a later one is
+/// published again).
+pub async fn gateway_model_with(
+    store: &Store,
+    public_url: &str,
+) -> Result<GatewayModel, StoreError> {
     let dump = store.dump().await?;
+    let mut policy = compile_policy(&dump);
+    policy.revoked_token_ids = crate::tokens::revoked_ids(store).await?;
+    policy.auth = Some(crate::tokens::auth_policy(store, public_url).await?);
     Ok(GatewayModel {
         version: dump.version as u64,
-        policy: compile_policy(&dump),
+        policy,
         upstreams: dump
             .mcp_servers
             .iter()

@@ -37,7 +37,45 @@ pub struct PolicySnapshot {
     /// Token ids (JWT `jti`) that are revoked before their expiry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked_token_ids: Vec<String>,
+    /// Token checks. Absent: the filter checks no tokens (a deployment without Envoy's
+    /// `jwt_authn` in front of the filter); the control plane always sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
 }
+
+/// How callers prove who they are: bearer JWTs signed by the control plane, verified by Envoy's
+/// `jwt_authn` filter (which writes the verified payload, or why verification failed, into the
+/// request's dynamic metadata), then checked by the toolmesh filter against the virtual server,
+/// the caller's address and [`PolicySnapshot::revoked_token_ids`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// The JSON Web Key Set (RFC 7517) whose keys verify tokens: given to Envoy's `jwt_authn`
+    /// (the filter does not read it).
+    pub jwks: String,
+    /// The public base URL of the MCP listener (`https://mcp.example.com`), for the
+    /// `resource_metadata` URL of `WWW-Authenticate` (RFC 9728).
+    pub public_url: String,
+    /// Virtual servers that accept requests without a token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anonymous_virtual_servers: Vec<String>,
+}
+
+/// The `iss` of every toolmesh token.
+pub const JWT_ISSUER: &str = "toolmesh";
+/// The `aud` of every toolmesh token.
+pub const JWT_AUDIENCE: &str = "toolmesh";
+/// The dynamic metadata namespace Envoy's `jwt_authn` writes to.
+pub const JWT_METADATA_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+/// The key (in [`JWT_METADATA_NAMESPACE`]) of a verified token's payload.
+pub const JWT_PAYLOAD_KEY: &str = "toolmesh_payload";
+/// The key (in [`JWT_METADATA_NAMESPACE`]) of why a token failed (`code`, `message`).
+pub const JWT_FAILURE_KEY: &str = "toolmesh_failure";
+/// Claim: the virtual servers a token opens, space-separated (`"a b"`), or `"*"` for all.
+/// A string rather than an array: Envoy hands a string claim to the filter as its plain bytes.
+pub const CLAIM_VIRTUAL_SERVERS: &str = "toolmesh_vs";
+/// Claim: the source CIDRs a token may be used from, space-separated; absent means anywhere.
+pub const CLAIM_SOURCE_CIDRS: &str = "toolmesh_cidrs";
 
 /// Limits on what the filter accepts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,6 +245,7 @@ impl PolicySnapshot {
             limits: Limits::default(),
             virtual_servers: Vec::new(),
             revoked_token_ids: Vec::new(),
+            auth: None,
         }
     }
 
@@ -248,6 +287,22 @@ impl PolicySnapshot {
                 field: "limits.max_body_bytes".into(),
                 reason: "must be greater than 0".into(),
             });
+        }
+        if let Some(auth) = &self.auth {
+            if auth.public_url.is_empty() {
+                return Err(PolicyError::Invalid {
+                    field: "auth.public_url".into(),
+                    reason: "must not be empty".into(),
+                });
+            }
+            for (i, name) in auth.anonymous_virtual_servers.iter().enumerate() {
+                if !is_slug(name) {
+                    return Err(PolicyError::BadSlug {
+                        field: format!("auth.anonymous_virtual_servers[{i}]"),
+                        value: name.clone(),
+                    });
+                }
+            }
         }
         let mut vs_names = std::collections::HashSet::new();
         for (i, vs) in self.virtual_servers.iter().enumerate() {

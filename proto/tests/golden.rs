@@ -31,6 +31,7 @@ fn sample() -> PolicySnapshot {
             }],
         }],
         revoked_token_ids: vec!["tok-1".into()],
+        auth: None,
     }
 }
 

@@ -147,6 +147,7 @@ fn conformance_policy() -> PolicySnapshot {
             }],
         }],
         revoked_token_ids: Vec::new(),
+        auth: None,
     }
 }
 

@@ -41,6 +41,7 @@ pub(super) async fn version(
 pub(super) async fn policy(
     State(state): State<AppState>,
 ) -> Result<Json<toolmesh_proto::PolicySnapshot>, ApiError> {
-    let model = crate::policy::gateway_model(&state.store).await?;
+    let model =
+        crate::policy::gateway_model_with(&state.store, &state.settings.public_mcp_url).await?;
     Ok(Json(model.policy))
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod items;
 pub mod mcp_servers;
+pub mod tokens;
 pub mod virtual_servers;
 
 use std::sync::Arc;
@@ -105,10 +106,12 @@ pub fn router(state: AppState) -> Router {
         .merge(virtual_servers::router())
         .merge(catalog::router())
         .merge(envoys::router())
+        .merge(tokens::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
+        .route("/.well-known/jwks.json", get(tokens::jwks))
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(envoys::metrics))
         .fallback(not_found)
@@ -228,12 +231,15 @@ impl utoipa::Modify for BearerAuth {
         virtual_servers::create, virtual_servers::list, virtual_servers::show,
         virtual_servers::replace, virtual_servers::delete,
         catalog::version, catalog::policy, envoys::list, envoys::metrics,
+        tokens::create, tokens::list, tokens::show, tokens::revoke, tokens::list_keys,
+        tokens::rotate, tokens::jwks,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     tags(
         (name = "mcp-servers", description = "Upstream MCP servers and their discovery"),
         (name = "catalog", description = "Discovered tools, prompts, resources and templates"),
         (name = "virtual-servers", description = "Curated MCP endpoints"),
+        (name = "tokens", description = "Tokens scoped to virtual servers, and their signing keys"),
         (name = "meta", description = "Health, OpenAPI, catalog version, compiled policy"),
     )
 )]

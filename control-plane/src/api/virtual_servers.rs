@@ -103,6 +103,10 @@ pub struct VirtualServerBody {
     #[serde(default)]
     #[schema(max_length = 2000)]
     pub description: Option<String>,
+    /// Accept MCP requests without a token (default false: every request needs a token that
+    /// lists this virtual server).
+    #[serde(default)]
+    pub anonymous: bool,
     /// Tools.
     #[serde(default)]
     pub tools: Vec<ToolRef>,
@@ -156,6 +160,8 @@ pub struct VirtualServerView {
     pub description: String,
     /// Where MCP clients connect.
     pub mcp_url: String,
+    /// Accepts MCP requests without a token.
+    pub anonymous: bool,
     /// Tools.
     pub tools: Vec<MemberView>,
     /// Prompts.
@@ -175,6 +181,7 @@ fn view(state: &AppState, r: VirtualServerRecord) -> VirtualServerView {
         mcp_url: state.mcp_url(&r.name),
         name: r.name,
         description: r.description,
+        anonymous: r.anonymous,
         tools: Vec::new(),
         prompts: Vec::new(),
         resources: Vec::new(),
@@ -318,6 +325,7 @@ pub fn validate(name: String, body: VirtualServerBody) -> Result<VirtualServerIn
     Ok(VirtualServerInput {
         name,
         description,
+        anonymous: body.anonymous,
         tools: named(
             "tools",
             "tool",
@@ -372,6 +380,8 @@ pub struct CreateVirtualServer {
     /// Free text.
     #[schema(max_length = 2000)]
     description: Option<String>,
+    /// Accept MCP requests without a token (default false).
+    anonymous: Option<bool>,
     /// Tools.
     tools: Option<Vec<ToolRef>>,
     /// Prompts.

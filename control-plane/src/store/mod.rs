@@ -25,6 +25,8 @@ use tokio::sync::watch;
 /// The Postgres channel that carries catalog versions between replicas.
 pub const NOTIFY_CHANNEL: &str = "toolmesh_catalog";
 
+pub use tokens::{NewToken, SigningKeyRecord, TokenRecord};
+
 /// Why a store operation failed. Only [`StoreError::Database`] and [`StoreError::Migrate`] are
 /// server faults; the others are answers to bad requests.
 #[derive(Debug, thiserror::Error)]
@@ -423,6 +425,8 @@ pub struct VirtualServerInput {
     pub name: String,
     /// Free text.
     pub description: String,
+    /// Accept MCP requests without a token.
+    pub anonymous: bool,
     /// Tools.
     pub tools: Vec<MemberRef>,
     /// Prompts.
@@ -488,6 +492,8 @@ pub struct VirtualServerRecord {
     pub name: String,
     /// Free text.
     pub description: String,
+    /// Accept MCP requests without a token.
+    pub anonymous: bool,
     /// Members in request order, tools first, then prompts, resources, templates.
     pub members: Vec<MemberRecord>,
     /// Created.
@@ -541,6 +547,9 @@ macro_rules! dispatch {
         }
     };
 }
+
+// After `dispatch!`, which it uses.
+mod tokens;
 
 impl Store {
     /// Connect to `url` (`postgres://…` or `sqlite://…`), run migrations, and start the version

@@ -30,7 +30,7 @@ const SERVER_COLS: &str = "s.id, s.name, s.url, s.transport, s.description, s.cr
      (SELECT COUNT(*) FROM resources t WHERE t.mcp_server_id = s.id AND t.drifted = TRUE) + \
      (SELECT COUNT(*) FROM resource_templates t WHERE t.mcp_server_id = s.id AND t.drifted = TRUE)) AS n_drifted";
 
-const VS_COLS: &str = "v.id, v.name, v.description, v.created_at, v.updated_at";
+const VS_COLS: &str = "v.id, v.name, v.description, v.anonymous, v.created_at, v.updated_at";
 
 fn item_select(kind: ItemKind) -> String {
     format!(
@@ -771,6 +771,7 @@ macro_rules! sql_store {
                     id: row.try_get("id")?,
                     name: row.try_get("name")?,
                     description: row.try_get("description")?,
+                    anonymous: row.try_get("anonymous")?,
                     members,
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
@@ -840,10 +841,11 @@ macro_rules! sql_store {
                         return Err(StoreError::NotFound { kind: "virtual server", name: input.name.clone() })
                     }
                     (Some(id), true) => {
-                        sqlx::query("UPDATE virtual_servers SET description = $1, updated_at = $2 WHERE id = $3")
+                        sqlx::query("UPDATE virtual_servers SET description = $1, updated_at = $2, anonymous = $4 WHERE id = $3")
                             .bind(&input.description)
                             .bind(now)
                             .bind(id)
+                            .bind(input.anonymous)
                             .execute(&mut *tx)
                             .await?;
                         sqlx::query("DELETE FROM virtual_server_members WHERE virtual_server_id = $1")
@@ -853,12 +855,13 @@ macro_rules! sql_store {
                         id
                     }
                     (None, false) => sqlx::query_scalar(
-                        "INSERT INTO virtual_servers (name, description, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $3) RETURNING id",
+                        "INSERT INTO virtual_servers (name, description, created_at, updated_at, anonymous) \
+                         VALUES ($1, $2, $3, $3, $4) RETURNING id",
                     )
                     .bind(&input.name)
                     .bind(&input.description)
                     .bind(now)
+                    .bind(input.anonymous)
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(|e| {
