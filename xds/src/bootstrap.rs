@@ -7,6 +7,12 @@
 //! Optionally it adds `stats_tags` that turn toolmesh's per-tool stat names into Prometheus
 //! labels (each regex sees the full `wasmcustom.`-prefixed name; the first capture group is
 //! removed from the name and the second is the label value).
+//!
+//! It also points Envoy's `envoy.stat_sinks.metrics_service` at the same control-plane cluster
+//! ([`stats_sink_yaml`]): every [`STATS_FLUSH_INTERVAL_S`] seconds Envoy pushes its stats there
+//! (counters as deltas, tags as labels), which is how the control plane counts tool usage across
+//! every Envoy. A control plane that does not serve the metrics service answers `UNIMPLEMENTED`
+//! and Envoy carries on.
 
 /// The `stats_config.stats_tags` list that labels the filter's stats.
 pub const STATS_TAGS_YAML: &str = r#"  stats_tags:
@@ -23,6 +29,39 @@ pub const STATS_TAGS_YAML: &str = r#"  stats_tags:
   - tag_name: reason
     regex: '^wasmcustom\.toolmesh\.(?:vs\.[^.]+|global)\.denied\.(([^.]+))$'
 "#;
+
+/// How often Envoy flushes its stats to the sinks, in seconds (the bootstrap's
+/// `stats_flush_interval`). Usage numbers lag by at most this much, and an Envoy killed without
+/// a final flush loses at most this much.
+pub const STATS_FLUSH_INTERVAL_S: u32 = 5;
+
+/// The top-level `stats_flush_interval` and `stats_sinks` that stream Envoy's stats to the
+/// control plane's metrics service over the gRPC cluster `cluster` (the xDS cluster).
+///
+/// - `report_counters_as_deltas`: each flush carries what happened since the previous one, so
+///   the control plane sums deltas from any number of Envoys and restarts without double
+///   counting;
+/// - `emit_tags_as_labels`: the `stats_tags` become labels (`virtual_server`, `mcp_server`,
+///   `tool`, ...) and the family name is the tag-extracted one (`wasmcustom.toolmesh.tool.calls`);
+/// - `histogram_emit_mode: HISTOGRAM`: bucket counts only (the per-interval summaries cannot be
+///   merged across Envoys, and leaving them out halves the histogram part of each message).
+pub fn stats_sink_yaml(cluster: &str) -> String {
+    format!(
+        r#"stats_flush_interval: {STATS_FLUSH_INTERVAL_S}s
+stats_sinks:
+- name: envoy.stat_sinks.metrics_service
+  typed_config:
+    "@type": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig
+    transport_api_version: V3
+    report_counters_as_deltas: true
+    emit_tags_as_labels: true
+    histogram_emit_mode: HISTOGRAM
+    grpc_service:
+      envoy_grpc: {{ cluster_name: {cluster} }}
+"#,
+        cluster = yaml_str(cluster)
+    )
+}
 
 /// An Envoy bootstrap (YAML) that takes everything else from the toolmesh control plane.
 ///
@@ -85,6 +124,7 @@ static_resources:
         node_cluster = yaml_str(node_cluster),
         host = yaml_str(host),
     );
+    yaml.push_str(&stats_sink_yaml("xds_cluster"));
     if stats_tags {
         yaml.push_str("stats_config:\n");
         yaml.push_str(STATS_TAGS_YAML);
@@ -126,6 +166,10 @@ mod tests {
         assert!(y.contains("http2_protocol_options"));
         assert!(y.contains("socket_address: { address: 127.0.0.1, port_value: 9901 }"));
         assert!(!y.contains("stats_tags"));
+        assert!(y.contains("envoy.stat_sinks.metrics_service"));
+        assert!(y.contains("cluster_name: 'xds_cluster'"));
+        assert!(y.contains("report_counters_as_deltas: true"));
+        assert!(y.contains("stats_flush_interval: 5s"));
 
         let y = bootstrap_yaml("it's", "c", "toolmesh:18001", 9902, true);
         assert!(y.contains("id: 'it''s'"));

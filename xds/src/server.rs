@@ -10,6 +10,14 @@
 //! Delta xDS is not offered: one small snapshot per gateway makes state of the world cheap, and
 //! Envoy only uses delta when the bootstrap asks for it (`api_type: DELTA_GRPC`). A delta stream
 //! is refused with `UNIMPLEMENTED` and a message saying so.
+//!
+//! The same gRPC port can also serve Envoy's metrics service
+//! (`envoy.service.metrics.v3.MetricsService`, the `envoy.stat_sinks.metrics_service` sink), so an
+//! Envoy needs one cluster for both config and stats. [`XdsServer::with_metrics_sink`] turns it
+//! on: each flush becomes one [`MetricsReport`] on the given channel, reduced to toolmesh's own
+//! stats (Envoy sends every stat on every flush; the rest is dropped on receipt) plus Envoy's
+//! `server.uptime`, and tagged with the node that opened the stream (Envoy names itself only in
+//! the first message). What the numbers mean is the receiver's business.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,6 +32,12 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamMetricsResponse};
+use envoy_types::pb::io::prometheus::client::MetricFamily;
+use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -79,6 +93,79 @@ pub struct XdsMetrics {
     pub snapshot_build_errors: u64,
     /// How long the last build took.
     pub last_snapshot_build: Option<Duration>,
+    /// Metrics-service streams open now.
+    pub metrics_streams: u64,
+    /// Metrics-service messages received (one per Envoy flush).
+    pub metrics_messages: u64,
+    /// Their total encoded size in bytes (before dropping the stats toolmesh does not use).
+    pub metrics_bytes: u64,
+    /// Reports dropped because the receiver was gone.
+    pub metrics_dropped: u64,
+}
+
+/// Stat families a [`MetricsReport`] keeps: the filter's stats (`wasmcustom.` is Envoy's prefix
+/// for stats defined by a wasm plugin; plain `toolmesh.` covers a sink that strips it).
+pub const METRICS_PREFIXES: [&str; 2] = ["wasmcustom.toolmesh.", "toolmesh."];
+
+/// Envoy's own uptime gauge, kept so a receiver can tell a restarted Envoy from a reconnect.
+pub const UPTIME_STAT: &str = "server.uptime";
+
+/// One flush of one Envoy's stats, as received on the metrics service.
+#[derive(Debug, Clone)]
+pub struct MetricsReport {
+    /// This server's id for the metrics stream (unique per process; a new stream per Envoy
+    /// process or reconnect).
+    pub stream_id: u64,
+    /// `node.id` of the Envoy (from the stream's first message; empty if it never said).
+    pub node_id: String,
+    /// `node.cluster` of the Envoy.
+    pub node_cluster: String,
+    /// When this message arrived.
+    pub received_at: DateTime<Utc>,
+    /// Envoy's `server.uptime` gauge in seconds, when the message carried it.
+    pub uptime_s: Option<f64>,
+    /// The families whose name starts with one of [`METRICS_PREFIXES`], as Envoy sent them.
+    pub families: Vec<MetricFamily>,
+    /// Encoded size of the whole message in bytes.
+    pub message_bytes: usize,
+    /// How many families the whole message had.
+    pub families_total: usize,
+}
+
+/// Reduce one metrics-service message to what toolmesh keeps.
+pub fn reduce_metrics_message(
+    msg: StreamMetricsMessage,
+    stream_id: u64,
+    node_id: &str,
+    node_cluster: &str,
+    received_at: DateTime<Utc>,
+) -> MetricsReport {
+    let message_bytes = msg.encoded_len();
+    let families_total = msg.envoy_metrics.len();
+    let mut uptime_s = None;
+    let mut families = Vec::new();
+    for family in msg.envoy_metrics {
+        let name = family.name.as_deref().unwrap_or_default();
+        if name == UPTIME_STAT {
+            uptime_s = family
+                .metric
+                .first()
+                .and_then(|m| m.gauge.as_ref())
+                .and_then(|g| g.value);
+        } else if METRICS_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            families.push(family);
+        }
+    }
+    MetricsReport {
+        stream_id,
+        node_id: node_id.to_string(),
+        node_cluster: node_cluster.to_string(),
+        received_at,
+        uptime_s,
+        families,
+        message_bytes,
+        families_total,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +178,10 @@ struct Counters {
     build_errors: AtomicU64,
     /// Nanoseconds + 1 (0 = never built).
     last_build_nanos: AtomicU64,
+    metrics_streams: AtomicU64,
+    metrics_messages: AtomicU64,
+    metrics_bytes: AtomicU64,
+    metrics_dropped: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -114,6 +205,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct XdsServer {
     shared: Arc<Shared>,
+    metrics_sink: Option<mpsc::Sender<MetricsReport>>,
 }
 
 /// Publishes models to, and reports on, a running [`XdsServer`]. Cheap to clone.
@@ -136,9 +228,19 @@ impl XdsServer {
         (
             XdsServer {
                 shared: shared.clone(),
+                metrics_sink: None,
             },
             XdsHandle { shared },
         )
+    }
+
+    /// Also serve Envoy's metrics service on the same port: every message Envoy streams becomes
+    /// a [`MetricsReport`] sent to `sink` (a full channel slows the stream down; Envoy does not
+    /// retry, so nothing is counted twice). Without this, a metrics stream is refused with
+    /// `UNIMPLEMENTED`.
+    pub fn with_metrics_sink(mut self, sink: mpsc::Sender<MetricsReport>) -> Self {
+        self.metrics_sink = Some(sink);
+        self
     }
 
     /// Serve ADS (gRPC over HTTP/2) on `listener` until `shutdown` completes; then close every
@@ -158,6 +260,13 @@ impl XdsServer {
             // shutdown below can complete.
             shared.shutdown.send_replace(true);
         };
+        let metrics = self.metrics_sink.map(|sink| {
+            MetricsServiceServer::new(Metrics {
+                shared: self.shared.clone(),
+                sink,
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+        });
         let service = AggregatedDiscoveryServiceServer::new(Ads {
             shared: self.shared,
         })
@@ -167,6 +276,7 @@ impl XdsServer {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(service)
+            .add_optional_service(metrics)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener),
                 signal,
@@ -244,6 +354,10 @@ impl XdsHandle {
             snapshot_builds: c.builds.load(Ordering::Relaxed),
             snapshot_build_errors: c.build_errors.load(Ordering::Relaxed),
             last_snapshot_build: (last > 0).then(|| Duration::from_nanos(last - 1)),
+            metrics_streams: c.metrics_streams.load(Ordering::Relaxed),
+            metrics_messages: c.metrics_messages.load(Ordering::Relaxed),
+            metrics_bytes: c.metrics_bytes.load(Ordering::Relaxed),
+            metrics_dropped: c.metrics_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -374,6 +488,79 @@ async fn run_stream(
             }
             shared.counters.pushes.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+// === impl Metrics ===
+
+struct Metrics {
+    shared: Arc<Shared>,
+    sink: mpsc::Sender<MetricsReport>,
+}
+
+/// Drop guard for the metrics-stream gauge.
+struct MetricsStreamGuard(Arc<Shared>);
+
+impl Drop for MetricsStreamGuard {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .metrics_streams
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Metrics {
+    async fn stream_metrics(
+        &self,
+        request: Request<Streaming<StreamMetricsMessage>>,
+    ) -> Result<Response<StreamMetricsResponse>, Status> {
+        let shared = self.shared.clone();
+        let id = shared.next_stream.fetch_add(1, Ordering::Relaxed);
+        let c = &shared.counters;
+        c.metrics_streams.fetch_add(1, Ordering::Relaxed);
+        let _guard = MetricsStreamGuard(shared.clone());
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let mut shutdown = shared.shutdown.subscribe();
+        let (mut node_id, mut node_cluster) = (String::new(), String::new());
+        tracing::info!(stream = id, ?peer, "metrics stream opened");
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                msg = inbound.message() => msg,
+            };
+            let msg = match msg {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::info!(stream = id, node = %node_id, reason = %status.message(), "metrics stream ended");
+                    break;
+                }
+            };
+            if let Some(node) = msg.identifier.as_ref().and_then(|i| i.node.as_ref()) {
+                node_id = node.id.clone();
+                node_cluster = node.cluster.clone();
+            }
+            let report = reduce_metrics_message(msg, id, &node_id, &node_cluster, Utc::now());
+            c.metrics_messages.fetch_add(1, Ordering::Relaxed);
+            c.metrics_bytes
+                .fetch_add(report.message_bytes as u64, Ordering::Relaxed);
+            tracing::debug!(
+                stream = id,
+                node = %node_id,
+                bytes = report.message_bytes,
+                families = report.families_total,
+                kept = report.families.len(),
+                "metrics received"
+            );
+            if self.sink.send(report).await.is_err() {
+                c.metrics_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tracing::info!(stream = id, node = %node_id, "metrics stream closed");
+        Ok(Response::new(StreamMetricsResponse {}))
     }
 }
 
