@@ -12,8 +12,19 @@
 //!   clients re-POST bodies, and rejecting means `/servers/a%2F..%2Fb/mcp` can never be read as
 //!   another virtual server by the filter); `request_timeout` off and a configurable
 //!   `stream_idle_timeout`, because MCP calls and SSE streams are long-lived; a per-connection
-//!   buffer limit big enough for the policy's body limit. HTTP filters: (slot for `jwt_authn`),
-//!   `toolmesh` through ECDS, router.
+//!   buffer limit big enough for the policy's body limit. HTTP filters: `jwt_authn` (when the
+//!   policy has token checks), `toolmesh`, both through ECDS, then the router.
+//! - **ECDS `envoy.filters.http.jwt_authn`** (when `policy.auth` is set): verifies bearer tokens
+//!   against the JWKS from the policy, with `allow_missing_or_failed`, so it never answers by
+//!   itself: it writes the verified payload (or why verification failed) into dynamic metadata
+//!   and the toolmesh filter decides, answering 401/403 as JSON-RPC with the MCP
+//!   `WWW-Authenticate` header (Envoy's own 401 is plain text without `resource_metadata`).
+//!   Through ECDS rather than inline in the listener so a key rotation reaches open connections
+//!   at once instead of waiting for a listener drain. Tokens are read from `Authorization:
+//!   Bearer` only (never the query string) and removed after verification (`forward: false`);
+//!   the route table also removes `Authorization` from every request, because a failed or
+//!   ignored token (anonymous virtual server) is not removed by `jwt_authn` and the MCP
+//!   specification forbids passing a client's token through to an upstream.
 //! - **ECDS `toolmesh`**: the Wasm plugin with the policy JSON as its configuration. ECDS rather
 //!   than inline in the listener, because ECDS updates reach open connections in ~40 ms while a
 //!   listener update waits for connections to drain.
@@ -49,6 +60,10 @@ use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch,
     VirtualHost, header_matcher, route, route_action, route_match,
 };
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
+    JwtAuthentication, JwtHeader, JwtProvider, JwtRequirement, RequirementRule, jwt_provider,
+    jwt_requirement, requirement_rule,
+};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -79,6 +94,14 @@ pub const LISTENER_NAME: &str = "toolmesh_mcp";
 pub const ROUTE_CONFIG_NAME: &str = "toolmesh_routes";
 /// Name of the wasm HTTP filter and of its ECDS resource (they must be equal).
 pub const FILTER_NAME: &str = "toolmesh";
+/// Name of the `jwt_authn` HTTP filter and of its ECDS resource. Kept equal to the extension
+/// name, which is also the dynamic metadata namespace the toolmesh filter reads.
+pub const JWT_FILTER_NAME: &str = toolmesh_proto::JWT_METADATA_NAMESPACE;
+/// The `jwt_authn` provider name.
+pub const JWT_PROVIDER: &str = "toolmesh";
+/// Clock skew `jwt_authn` allows on `exp` (its default is 60 s; the control plane and Envoy
+/// normally share NTP, and an expired token should stop working promptly).
+pub const JWT_CLOCK_SKEW_SECONDS: u32 = 5;
 /// Header the filter sets to pick the upstream cluster.
 pub const CLUSTER_HEADER: &str = "x-toolmesh-cluster";
 /// The bootstrap's static cluster that reaches the control plane; no upstream may use this name.
@@ -337,10 +360,18 @@ pub fn build_snapshot(
         .iter()
         .map(|u| named(&u.cluster, &cluster_for(u, settings)))
         .collect();
-    let ecds = vec![named(FILTER_NAME, &extension_config(model, settings))];
+    let mut ecds = vec![named(FILTER_NAME, &extension_config(model, settings))];
+    if let Some(auth) = &model.policy.auth {
+        ecds.push(named(JWT_FILTER_NAME, &jwt_extension_config(auth)));
+    }
     let listeners = vec![named(
         LISTENER_NAME,
-        &listener(listen_ip, model.policy.limits.max_body_bytes, settings),
+        &listener(
+            listen_ip,
+            model.policy.limits.max_body_bytes,
+            model.policy.auth.is_some(),
+            settings,
+        ),
     )];
     let routes = vec![named(ROUTE_CONFIG_NAME, &route_configuration(&upstreams))];
 
@@ -459,7 +490,12 @@ fn socket_dns(host: &str, port: u16) -> Address {
 
 // === listener ===
 
-fn listener(ip: IpAddr, policy_body_limit: u32, settings: &GatewaySettings) -> Listener {
+fn listener(
+    ip: IpAddr,
+    policy_body_limit: u32,
+    tokens: bool,
+    settings: &GatewaySettings,
+) -> Listener {
     let buffer_limit = settings.max_request_bytes.max(policy_body_limit);
     let hcm = HttpConnectionManager {
         stat_prefix: "toolmesh".into(),
@@ -468,7 +504,7 @@ fn listener(ip: IpAddr, policy_body_limit: u32, settings: &GatewaySettings) -> L
             config_source: Some(ads_source(None)),
             route_config_name: ROUTE_CONFIG_NAME.into(),
         })),
-        http_filters: http_filters(),
+        http_filters: http_filters(tokens),
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,
         path_with_escaped_slashes_action:
@@ -498,11 +534,23 @@ fn listener(ip: IpAddr, policy_body_limit: u32, settings: &GatewaySettings) -> L
     }
 }
 
-fn http_filters() -> Vec<HttpFilter> {
-    vec![
-        // --- SLOT: `envoy.filters.http.jwt_authn` goes here (tokens issue, not built yet). It
-        // must run before `toolmesh` so the policy filter can read the verified claims from
-        // dynamic metadata; its JWKS comes from the control plane too.
+fn http_filters(tokens: bool) -> Vec<HttpFilter> {
+    let mut filters = Vec::with_capacity(3);
+    if tokens {
+        // Before `toolmesh`: the policy filter reads the verified claims from dynamic metadata.
+        filters.push(HttpFilter {
+            name: JWT_FILTER_NAME.into(),
+            config_type: Some(http_filter::ConfigType::ConfigDiscovery(
+                ExtensionConfigSource {
+                    config_source: Some(ads_source(Some(ECDS_INITIAL_FETCH_TIMEOUT))),
+                    type_urls: vec![JwtAuthentication::type_url()],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        });
+    }
+    filters.extend([
         HttpFilter {
             name: FILTER_NAME.into(),
             config_type: Some(http_filter::ConfigType::ConfigDiscovery(
@@ -521,7 +569,56 @@ fn http_filters() -> Vec<HttpFilter> {
             )),
             ..Default::default()
         },
-    ]
+    ]);
+    filters
+}
+
+// === ECDS: jwt_authn ===
+
+fn jwt_extension_config(auth: &toolmesh_proto::Auth) -> TypedExtensionConfig {
+    let provider = JwtProvider {
+        issuer: toolmesh_proto::JWT_ISSUER.into(),
+        audiences: vec![toolmesh_proto::JWT_AUDIENCE.into()],
+        // Remove the token after verification: it must never reach an upstream.
+        forward: false,
+        // Only the Authorization header: a token in a query string ends up in logs.
+        from_headers: vec![JwtHeader {
+            name: "authorization".into(),
+            value_prefix: "Bearer ".into(),
+        }],
+        payload_in_metadata: toolmesh_proto::JWT_PAYLOAD_KEY.into(),
+        failed_status_in_metadata: toolmesh_proto::JWT_FAILURE_KEY.into(),
+        clock_skew_seconds: JWT_CLOCK_SKEW_SECONDS,
+        jwks_source_specifier: Some(jwt_provider::JwksSourceSpecifier::LocalJwks(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(auth.jwks.clone())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let config = JwtAuthentication {
+        // One entry only: prost encodes maps in iteration order (deterministic version hash).
+        providers: HashMap::from([(JWT_PROVIDER.to_string(), provider)]),
+        rules: vec![RequirementRule {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            // Verify every token, never answer: the toolmesh filter decides (and knows which
+            // virtual servers are anonymous).
+            requirement_type: Some(requirement_rule::RequirementType::Requires(
+                JwtRequirement {
+                    requires_type: Some(jwt_requirement::RequiresType::AllowMissingOrFailed(
+                        Default::default(),
+                    )),
+                },
+            )),
+        }],
+        ..Default::default()
+    };
+    TypedExtensionConfig {
+        name: JWT_FILTER_NAME.into(),
+        typed_config: Some(any(&config)),
+    }
 }
 
 // === ECDS ===
@@ -627,6 +724,9 @@ fn route_configuration(upstreams: &[ParsedUpstream]) -> RouteConfiguration {
             routes,
             ..Default::default()
         }],
+        // The client's bearer token is for toolmesh only (MCP forbids token passthrough);
+        // `jwt_authn` removes a verified one, this removes every other.
+        request_headers_to_remove: vec!["authorization".into()],
         // validate_clusters stays off (the RDS default): a cluster added in the same push may
         // still be warming when the route table arrives, and validation would NACK it.
         ..Default::default()

@@ -131,6 +131,66 @@ fn the_policy_filter_comes_from_ecds_before_the_router() {
 }
 
 #[test]
+fn tokens_add_jwt_authn_through_ecds_before_the_policy_filter() {
+    let mut m = model();
+    m.policy.auth = Some(toolmesh_proto::Auth {
+        jwks: r#"{"keys":[]}"#.into(),
+        public_url: "https://mcp.example.com".into(),
+        anonymous_virtual_servers: vec![],
+    });
+    let s = build_snapshot(&m, &settings()).unwrap();
+    let (_, h) = hcm(&s);
+    let names: Vec<_> = h.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [JWT_FILTER_NAME, FILTER_NAME, "envoy.filters.http.router"]
+    );
+    let Some(http_filter::ConfigType::ConfigDiscovery(ecs)) = &h.http_filters[0].config_type else {
+        panic!("jwt_authn is not ECDS")
+    };
+    assert_eq!(ecs.type_urls, [JwtAuthentication::type_url()]);
+    let ecds = &s.get(ResourceType::ExtensionConfig).resources;
+    let jwt = ecds
+        .iter()
+        .find(|r| r.name == JWT_FILTER_NAME)
+        .expect("jwt_authn ECDS resource");
+    let tec: TypedExtensionConfig = decode(&jwt.resource);
+    assert_eq!(tec.name, JWT_FILTER_NAME);
+    let cfg: JwtAuthentication = decode(tec.typed_config.as_ref().unwrap());
+    let p = &cfg.providers[JWT_PROVIDER];
+    assert_eq!(p.issuer, "toolmesh");
+    assert_eq!(p.audiences, ["toolmesh"]);
+    assert!(!p.forward, "the token must not reach the upstream");
+    assert_eq!(p.from_headers.len(), 1);
+    assert_eq!(p.from_headers[0].name, "authorization");
+    assert_eq!(p.payload_in_metadata, toolmesh_proto::JWT_PAYLOAD_KEY);
+    assert_eq!(p.failed_status_in_metadata, toolmesh_proto::JWT_FAILURE_KEY);
+    assert_eq!(
+        p.jwks_source_specifier,
+        Some(jwt_provider::JwksSourceSpecifier::LocalJwks(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(
+                r#"{"keys":[]}"#.into()
+            )),
+            ..Default::default()
+        }))
+    );
+    let Some(requirement_rule::RequirementType::Requires(req)) = &cfg.rules[0].requirement_type
+    else {
+        panic!("no requirement")
+    };
+    assert!(matches!(
+        req.requires_type,
+        Some(jwt_requirement::RequiresType::AllowMissingOrFailed(_))
+    ));
+    let routes: RouteConfiguration = only(&s, ResourceType::Route);
+    assert_eq!(routes.request_headers_to_remove, ["authorization"]);
+
+    // Without token checks: no jwt_authn at all.
+    let s = build_snapshot(&model(), &settings()).unwrap();
+    assert_eq!(s.get(ResourceType::ExtensionConfig).resources.len(), 1);
+}
+
+#[test]
 fn ecds_carries_the_policy_json_and_the_plugin_settings() {
     let m = model();
     let s = build_snapshot(&m, &settings()).unwrap();
