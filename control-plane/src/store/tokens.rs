@@ -338,7 +338,10 @@ impl Store {
 
     /// Revoke a token (idempotent: revoking again keeps the first time).
     pub async fn revoke_token(&self, id: &str) -> Result<TokenRecord, StoreError> {
-        let (rec, v) = dispatch!(self, s => s.revoke_token(id, Utc::now()).await)?;
+        // Microseconds: what both backends store, so the answer equals later reads.
+        let now = DateTime::<Utc>::from_timestamp_micros(Utc::now().timestamp_micros())
+            .unwrap_or_else(Utc::now);
+        let (rec, v) = dispatch!(self, s => s.revoke_token(id, now).await)?;
         if let Some(v) = v {
             self.publish(v);
         }
