@@ -38,6 +38,10 @@ use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::{
 use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamMetricsResponse};
 use envoy_types::pb::io::prometheus::client::MetricFamily;
 use prost::Message as _;
+
+/// The Prometheus data model Envoy's metrics service uses ([`MetricsReport::families`]),
+/// re-exported so receivers need no `envoy-types` dependency of their own.
+pub use envoy_types::pb::io::prometheus::client as prometheus;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};

@@ -1,0 +1,430 @@
+//! The usage tables (`migrations/*/20261125000003_usage.sql`), on Postgres or SQLite.
+//!
+//! The usage store has its own small pool on the catalog's database: ingestion writes every few
+//! seconds per Envoy and must not queue behind (or hold up) catalog transactions, and it needs
+//! nothing from the catalog store but its migrations (run by [`crate::store::Store::connect`]).
+//!
+//! Every write is additive (`INSERT … ON CONFLICT DO UPDATE SET n = n + excluded.n`), so writes
+//! from several control-plane replicas to the same row never lose an increment. Compaction moves
+//! minute rows into hour rows and deletes them in one transaction, serialized between replicas
+//! (an advisory lock on Postgres, the write lock on SQLite), so a row is never moved twice.
+//! As in the catalog store, one macro stamps out the SQL per backend.
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::Row as _;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use super::UsageError;
+use super::ingest::{ToolKey, UsageBatch};
+use super::rollup::{HOUR, LATENCY_BUCKETS, Latency, MINUTE};
+
+/// Sums over a window for one tool of one virtual server.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolTotals {
+    /// Which tool.
+    pub key: ToolKey,
+    /// Calls forwarded upstream.
+    pub calls: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Refused calls naming the tool.
+    pub denied: u64,
+    /// Latency samples.
+    pub latency: Latency,
+    /// Latest `last_call_ts` (Unix seconds).
+    pub last_call_ts: Option<i64>,
+    /// End of the latest bucket with calls (a fallback for `last_call_ts`).
+    pub last_active_end: Option<i64>,
+}
+
+/// One per-virtual-server counter summed over a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsCounter {
+    /// Virtual server.
+    pub virtual_server: String,
+    /// `rq` or `denied`.
+    pub kind: String,
+    /// Method or reason.
+    pub name: String,
+    /// Sum.
+    pub count: u64,
+}
+
+/// What one compaction or retention pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MaintenanceStats {
+    /// Minute rows folded into hour rows.
+    pub compacted_rows: u64,
+    /// Rows deleted for age.
+    pub deleted_rows: u64,
+}
+
+/// Which rows a query sums.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WindowFilter {
+    /// Rows that end after this (Unix seconds).
+    pub since: i64,
+    /// Rows that start before this (Unix seconds).
+    pub until: i64,
+    /// Only this virtual server.
+    pub virtual_server: Option<String>,
+    /// Only this MCP server.
+    pub mcp_server: Option<String>,
+}
+
+fn bucket_cols() -> Vec<String> {
+    (0..LATENCY_BUCKETS).map(|i| format!("lat_b{i:02}")).collect()
+}
+
+/// Counts as stored (BIGINT is signed).
+fn db_count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn from_db(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn tool_upsert_sql() -> String {
+    let b = bucket_cols();
+    let cols = format!(
+        "virtual_server, mcp_server, tool, resolution_s, bucket_start, calls, errors, denied, \
+         latency_count, latency_sum_ms, {}, last_call_ts",
+        b.join(", ")
+    );
+    let n_params = 10 + LATENCY_BUCKETS + 1;
+    let params: Vec<String> = (1..=n_params).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO tool_usage ({cols}) VALUES ({}) {}",
+        params.join(", "),
+        tool_conflict_clause()
+    )
+}
+
+fn tool_conflict_clause() -> String {
+    let mut sets: Vec<String> = ["calls", "errors", "denied", "latency_count", "latency_sum_ms"]
+        .iter()
+        .map(|c| format!("{c} = tool_usage.{c} + excluded.{c}"))
+        .collect();
+    sets.extend(
+        bucket_cols()
+            .iter()
+            .map(|c| format!("{c} = tool_usage.{c} + excluded.{c}")),
+    );
+    sets.push(
+        "last_call_ts = CASE WHEN tool_usage.last_call_ts IS NULL \
+         OR excluded.last_call_ts > tool_usage.last_call_ts \
+         THEN excluded.last_call_ts ELSE tool_usage.last_call_ts END"
+            .into(),
+    );
+    format!(
+        "ON CONFLICT (virtual_server, mcp_server, tool, resolution_s, bucket_start) DO UPDATE SET {}",
+        sets.join(", ")
+    )
+}
+
+const VS_UPSERT: &str = "INSERT INTO vs_usage (virtual_server, kind, name, resolution_s, bucket_start, count) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (virtual_server, kind, name, resolution_s, bucket_start) \
+     DO UPDATE SET count = vs_usage.count + excluded.count";
+
+fn tool_compact_sql() -> String {
+    let b = bucket_cols();
+    let sums: Vec<String> = b.iter().map(|c| format!("SUM({c})")).collect();
+    format!(
+        "INSERT INTO tool_usage (virtual_server, mcp_server, tool, resolution_s, bucket_start, calls, \
+         errors, denied, latency_count, latency_sum_ms, {cols}, last_call_ts) \
+         SELECT virtual_server, mcp_server, tool, {HOUR}, bucket_start - (bucket_start % {HOUR}), \
+         SUM(calls), SUM(errors), SUM(denied), SUM(latency_count), SUM(latency_sum_ms), {sums}, \
+         MAX(last_call_ts) \
+         FROM tool_usage WHERE resolution_s = {MINUTE} AND bucket_start < $1 \
+         GROUP BY virtual_server, mcp_server, tool, bucket_start - (bucket_start % {HOUR}) {conflict}",
+        cols = b.join(", "),
+        sums = sums.join(", "),
+        conflict = tool_conflict_clause()
+    )
+}
+
+fn vs_compact_sql() -> String {
+    format!(
+        "INSERT INTO vs_usage (virtual_server, kind, name, resolution_s, bucket_start, count) \
+         SELECT virtual_server, kind, name, {HOUR}, bucket_start - (bucket_start % {HOUR}), SUM(count) \
+         FROM vs_usage WHERE resolution_s = {MINUTE} AND bucket_start < $1 \
+         GROUP BY virtual_server, kind, name, bucket_start - (bucket_start % {HOUR}) \
+         ON CONFLICT (virtual_server, kind, name, resolution_s, bucket_start) \
+         DO UPDATE SET count = vs_usage.count + excluded.count"
+    )
+}
+
+fn tool_totals_sql() -> String {
+    let sums: Vec<String> = bucket_cols()
+        .iter()
+        .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
+        .collect();
+    format!(
+        "SELECT virtual_server, mcp_server, tool, \
+         CAST(SUM(calls) AS BIGINT) AS calls, CAST(SUM(errors) AS BIGINT) AS errors, \
+         CAST(SUM(denied) AS BIGINT) AS denied, CAST(SUM(latency_count) AS BIGINT) AS latency_count, \
+         CAST(SUM(latency_sum_ms) AS DOUBLE PRECISION) AS latency_sum_ms, {sums}, \
+         MAX(last_call_ts) AS last_call_ts, \
+         MAX(CASE WHEN calls > 0 THEN bucket_start + resolution_s END) AS last_active_end \
+         FROM tool_usage \
+         WHERE bucket_start + resolution_s > $1 AND bucket_start < $2 \
+         AND ($3 IS NULL OR virtual_server = $3) AND ($4 IS NULL OR mcp_server = $4) \
+         GROUP BY virtual_server, mcp_server, tool",
+        sums = sums.join(", ")
+    )
+}
+
+const VS_TOTALS: &str = "SELECT virtual_server, kind, name, CAST(SUM(count) AS BIGINT) AS count \
+     FROM vs_usage WHERE bucket_start + resolution_s > $1 AND bucket_start < $2 \
+     AND ($3 IS NULL OR virtual_server = $3) \
+     GROUP BY virtual_server, kind, name";
+
+macro_rules! usage_sql {
+    ($name:ident, $Pool:ty, $Row:ty, begin_write = $begin:literal, lock = $lock:literal) => {
+        mod $name {
+            use super::*;
+
+            pub(super) async fn ingest(pool: &$Pool, batch: &UsageBatch) -> Result<(), UsageError> {
+                let mut tx = pool.begin_with($begin).await?;
+                let upsert = tool_upsert_sql();
+                for (k, d) in &batch.tools {
+                    let mut q = sqlx::query(&upsert)
+                        .bind(&k.virtual_server)
+                        .bind(&k.mcp_server)
+                        .bind(&k.tool)
+                        .bind(MINUTE)
+                        .bind(batch.minute)
+                        .bind(db_count(d.calls))
+                        .bind(db_count(d.errors))
+                        .bind(db_count(d.denied))
+                        .bind(db_count(d.latency.count))
+                        .bind(d.latency.sum_ms);
+                    for n in d.latency.buckets {
+                        q = q.bind(db_count(n));
+                    }
+                    q.bind(d.last_call_ts).execute(&mut *tx).await?;
+                }
+                for (k, n) in &batch.vs {
+                    sqlx::query(VS_UPSERT)
+                        .bind(&k.virtual_server)
+                        .bind(k.kind.as_str())
+                        .bind(&k.name)
+                        .bind(MINUTE)
+                        .bind(batch.minute)
+                        .bind(db_count(*n))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub(super) async fn tool_totals(
+                pool: &$Pool,
+                w: &WindowFilter,
+            ) -> Result<Vec<ToolTotals>, UsageError> {
+                let rows: Vec<$Row> = sqlx::query(&tool_totals_sql())
+                    .bind(w.since)
+                    .bind(w.until)
+                    .bind(w.virtual_server.as_deref())
+                    .bind(w.mcp_server.as_deref())
+                    .fetch_all(pool)
+                    .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let mut latency = Latency {
+                        count: from_db(row.try_get("latency_count")?),
+                        sum_ms: row.try_get::<Option<f64>, _>("latency_sum_ms")?.unwrap_or(0.0),
+                        ..Default::default()
+                    };
+                    for (i, col) in bucket_cols().iter().enumerate() {
+                        latency.buckets[i] = from_db(row.try_get(col.as_str())?);
+                    }
+                    out.push(ToolTotals {
+                        key: ToolKey {
+                            virtual_server: row.try_get("virtual_server")?,
+                            mcp_server: row.try_get("mcp_server")?,
+                            tool: row.try_get("tool")?,
+                        },
+                        calls: from_db(row.try_get("calls")?),
+                        errors: from_db(row.try_get("errors")?),
+                        denied: from_db(row.try_get("denied")?),
+                        latency,
+                        last_call_ts: row.try_get("last_call_ts")?,
+                        last_active_end: row.try_get("last_active_end")?,
+                    });
+                }
+                Ok(out)
+            }
+
+            pub(super) async fn vs_totals(
+                pool: &$Pool,
+                w: &WindowFilter,
+            ) -> Result<Vec<VsCounter>, UsageError> {
+                let rows: Vec<$Row> = sqlx::query(VS_TOTALS)
+                    .bind(w.since)
+                    .bind(w.until)
+                    .bind(w.virtual_server.as_deref())
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(VsCounter {
+                            virtual_server: row.try_get("virtual_server")?,
+                            kind: row.try_get("kind")?,
+                            name: row.try_get("name")?,
+                            count: from_db(row.try_get("count")?),
+                        })
+                    })
+                    .collect()
+            }
+
+            pub(super) async fn compact(pool: &$Pool, cutoff: i64) -> Result<u64, UsageError> {
+                let mut tx = pool.begin_with($begin).await?;
+                if !$lock.is_empty() {
+                    sqlx::query($lock).execute(&mut *tx).await?;
+                }
+                sqlx::query(&tool_compact_sql()).bind(cutoff).execute(&mut *tx).await?;
+                sqlx::query(&vs_compact_sql()).bind(cutoff).execute(&mut *tx).await?;
+                let mut moved = 0;
+                for table in ["tool_usage", "vs_usage"] {
+                    moved += sqlx::query(&format!(
+                        "DELETE FROM {table} WHERE resolution_s = {MINUTE} AND bucket_start < $1"
+                    ))
+                    .bind(cutoff)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(moved)
+            }
+
+            pub(super) async fn delete_before(pool: &$Pool, cutoff: i64) -> Result<u64, UsageError> {
+                let mut deleted = 0;
+                for table in ["tool_usage", "vs_usage"] {
+                    deleted += sqlx::query(&format!("DELETE FROM {table} WHERE bucket_start < $1"))
+                        .bind(cutoff)
+                        .execute(pool)
+                        .await?
+                        .rows_affected();
+                }
+                Ok(deleted)
+            }
+
+            pub(super) async fn row_count(pool: &$Pool) -> Result<(u64, u64), UsageError> {
+                let minutes: i64 = sqlx::query_scalar(&format!(
+                    "SELECT COUNT(*) FROM tool_usage WHERE resolution_s = {MINUTE}"
+                ))
+                .fetch_one(pool)
+                .await?;
+                let hours: i64 = sqlx::query_scalar(&format!(
+                    "SELECT COUNT(*) FROM tool_usage WHERE resolution_s = {HOUR}"
+                ))
+                .fetch_one(pool)
+                .await?;
+                Ok((from_db(minutes), from_db(hours)))
+            }
+        }
+    };
+}
+
+usage_sql!(pg, PgPool, sqlx::postgres::PgRow, begin_write = "BEGIN",
+    lock = "SELECT pg_advisory_xact_lock(7370660003)");
+usage_sql!(lite, SqlitePool, sqlx::sqlite::SqliteRow, begin_write = "BEGIN IMMEDIATE", lock = "");
+
+#[derive(Debug, Clone)]
+enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// The usage tables. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UsageStore {
+    pool: Pool,
+}
+
+macro_rules! dispatch {
+    ($self:ident, $f:ident ( $($arg:expr),* )) => {
+        match &$self.pool {
+            Pool::Postgres(p) => pg::$f(p, $($arg),*).await,
+            Pool::Sqlite(p) => lite::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+impl UsageStore {
+    /// Open a pool on the catalog database at `url` (the catalog store must have run the
+    /// migrations already).
+    pub async fn connect(url: &str) -> Result<Self, UsageError> {
+        let pool = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(PgConnectOptions::from_str(url)?)
+                    .await?,
+            )
+        } else {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10));
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await?,
+            )
+        };
+        Ok(Self { pool })
+    }
+
+    /// Add one flush's increments (one transaction; nothing is written for an empty batch).
+    pub async fn ingest(&self, batch: &UsageBatch) -> Result<(), UsageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, ingest(batch))
+    }
+
+    /// Per tool sums over a window (only tools with rows in it).
+    pub async fn tool_totals(&self, w: &WindowFilter) -> Result<Vec<ToolTotals>, UsageError> {
+        dispatch!(self, tool_totals(w))
+    }
+
+    /// Per virtual server request and refusal counters over a window.
+    pub async fn vs_totals(&self, w: &WindowFilter) -> Result<Vec<VsCounter>, UsageError> {
+        dispatch!(self, vs_totals(w))
+    }
+
+    /// Fold minute rows that start before `cutoff` into hour rows; returns how many minute rows
+    /// were folded.
+    pub async fn compact(&self, cutoff: i64) -> Result<u64, UsageError> {
+        dispatch!(self, compact(cutoff))
+    }
+
+    /// Delete rows that start before `cutoff`; returns how many.
+    pub async fn delete_before(&self, cutoff: i64) -> Result<u64, UsageError> {
+        dispatch!(self, delete_before(cutoff))
+    }
+
+    /// Tool rows at minute and at hour resolution.
+    pub async fn row_count(&self) -> Result<(u64, u64), UsageError> {
+        dispatch!(self, row_count())
+    }
+
+    /// Close the pool.
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Postgres(p) => p.close().await,
+            Pool::Sqlite(p) => p.close().await,
+        }
+    }
+}
