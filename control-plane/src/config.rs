@@ -100,6 +100,17 @@ pub struct ServeConfig {
         default_value = "/etc/ssl/certs/ca-certificates.crt"
     )]
     pub upstream_ca_file: PathBuf,
+    /// Tool usage is kept per minute this long, then compacted to hours (`48h`, `7d`, ...).
+    #[arg(long, env = "TOOLMESH_USAGE_MINUTE_RETENTION", default_value = "48h", value_parser = parse_retention)]
+    pub usage_minute_retention: chrono::Duration,
+    /// Tool usage older than this is deleted (`30d`, `90d`, ...).
+    #[arg(long, env = "TOOLMESH_USAGE_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub usage_retention: chrono::Duration,
+}
+
+/// A retention such as `48h` or `30d` (units `s`, `m`, `h`, `d`, `w`).
+fn parse_retention(v: &str) -> Result<chrono::Duration, String> {
+    crate::usage::rollup::parse_duration(v).map_err(|e| format!("expected e.g. 48h or 30d{e}"))
 }
 
 impl ServeConfig {
@@ -126,6 +137,8 @@ impl ServeConfig {
             wasm_path: PathBuf::from("target/wasm32-wasip1/wasm-release/toolmesh_filter.wasm"),
             stream_idle_timeout_secs: 600,
             upstream_ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            usage_minute_retention: chrono::Duration::hours(48),
+            usage_retention: chrono::Duration::days(30),
         }
     }
 
@@ -148,6 +161,15 @@ impl ServeConfig {
             stream_idle_timeout: Duration::from_secs(self.stream_idle_timeout_secs.max(1)),
             upstream_ca_file: self.upstream_ca_file.clone(),
             ..toolmesh_xds::GatewaySettings::default()
+        }
+    }
+
+    /// Retention of tool usage roll-ups.
+    pub fn usage_settings(&self) -> crate::usage::UsageSettings {
+        crate::usage::UsageSettings {
+            minute_retention: self.usage_minute_retention,
+            retention: self.usage_retention,
+            ..Default::default()
         }
     }
 

@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod policy;
 pub mod store;
 pub mod tokens;
+pub mod usage;
 pub mod watchers;
 
 use std::future::Future;
@@ -42,6 +43,9 @@ pub enum ServeError {
     /// The secret key could not be loaded.
     #[error(transparent)]
     Crypto(#[from] crypto::CryptoError),
+    /// The usage tables could not be opened.
+    #[error("usage store: {0}")]
+    Usage(#[from] usage::UsageError),
     /// The key does not open what the catalog holds.
     #[error(
         "the secret key does not match the one this catalog was created with; set TOOLMESH_SECRET_KEY or TOOLMESH_SECRET_KEY_FILE to the original key"
@@ -143,6 +147,10 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServeError> {
         ),
     }
 
+    let usage = usage::Usage::new(
+        usage::UsageStore::connect(&db).await?,
+        config.usage_settings(),
+    );
     Ok(AppState::new(
         store,
         key,
@@ -150,7 +158,8 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServeError> {
             public_mcp_url: config.public_mcp_url.clone(),
             discovery_timeout: config.discovery_timeout(),
         },
-    ))
+    )
+    .with_usage(usage))
 }
 
 /// Serve the REST API, the xDS server and the discovery schedule until `shutdown` completes.
@@ -241,6 +250,21 @@ pub async fn serve(
         "toolmesh xDS (ADS) server listening"
     );
     let (xds_server, xds) = toolmesh_xds::XdsServer::new(settings);
+    // Envoys stream their stats to the same port (metrics service); usage is summed from them.
+    let usage_tasks = state.usage.clone().map(|u| {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        (
+            tx,
+            [
+                usage::spawn_ingestor(u.clone(), rx),
+                usage::spawn_maintenance(u),
+            ],
+        )
+    });
+    let xds_server = match &usage_tasks {
+        Some((tx, _)) => xds_server.with_metrics_sink(tx.clone()),
+        None => xds_server,
+    };
     let state = state.with_xds(xds.clone());
     let publisher = gateway::spawn_publisher(
         state.store.clone(),
@@ -252,6 +276,7 @@ pub async fn serve(
     let xds_task = tokio::spawn(xds_server.serve(xds_listener, stopped(stop_rx.clone())));
 
     let store = state.store.clone();
+    let usage_store = state.usage.as_ref().map(|u| u.store.clone());
     let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(stopped(stop_rx))
         .await;
@@ -263,6 +288,16 @@ pub async fn serve(
     }
     for task in scheduler.into_iter().chain(watchers) {
         task.abort();
+    }
+    if let Some((tx, tasks)) = usage_tasks {
+        // The xDS server has stopped: let the ingestor store what it has, then stop.
+        drop(tx);
+        let [ingestor, maintenance] = tasks;
+        maintenance.abort();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), ingestor).await;
+    }
+    if let Some(u) = usage_store {
+        u.close().await;
     }
     store.close().await;
     tracing::info!("toolmesh stopped");

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod items;
 pub mod mcp_servers;
 pub mod tokens;
+pub mod usage;
 pub mod virtual_servers;
 
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub xds: Option<toolmesh_xds::XdsHandle>,
     /// What the catalog publisher last pushed.
     pub published: crate::gateway::PublishedState,
+    /// Tool usage roll-ups (`/v1/usage`), when this process keeps them.
+    pub usage: Option<crate::usage::Usage>,
 }
 
 impl AppState {
@@ -80,7 +83,14 @@ impl AppState {
             catalog_version,
             xds: None,
             published: Default::default(),
+            usage: None,
         }
+    }
+
+    /// The same state, answering `/v1/usage` from these roll-ups.
+    pub fn with_usage(mut self, usage: crate::usage::Usage) -> Self {
+        self.usage = Some(usage);
+        self
     }
 
     /// The same state, reporting on an xDS server.
@@ -107,13 +117,14 @@ pub fn router(state: AppState) -> Router {
         .merge(catalog::router())
         .merge(envoys::router())
         .merge(tokens::router())
+        .merge(usage::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/.well-known/jwks.json", get(tokens::jwks))
         .route("/openapi.json", get(openapi_json))
-        .route("/metrics", get(envoys::metrics))
+        .route("/metrics", get(usage::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -233,6 +244,7 @@ impl utoipa::Modify for BearerAuth {
         catalog::version, catalog::policy, envoys::list, envoys::metrics,
         tokens::create, tokens::list, tokens::show, tokens::revoke, tokens::list_keys,
         tokens::rotate, tokens::jwks,
+        usage::tools, usage::virtual_servers, usage::unused,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     tags(
@@ -240,6 +252,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "catalog", description = "Discovered tools, prompts, resources and templates"),
         (name = "virtual-servers", description = "Curated MCP endpoints"),
         (name = "tokens", description = "Tokens scoped to virtual servers, and their signing keys"),
+        (name = "usage", description = "Tool usage summed over every Envoy, and unused tools"),
         (name = "meta", description = "Health, OpenAPI, catalog version, compiled policy"),
     )
 )]

@@ -115,29 +115,56 @@ fn filter(
         ("sort" = Option<String>, Query, description = "`calls` (default), `errors`, `denied`, `p99` or `last_called`"),
         ("order" = Option<String>, Query, description = "`desc` (default) or `asc`; entries without a value (no latency, never called) come last")),
     responses((status = 200, body = ToolUsageList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub(super) async fn tools(State(state): State<AppState>, q: Query) -> Result<Json<ToolUsageList>, ApiError> {
-    q.check(&["since", "until", "virtual_server", "mcp_server", "sort", "order"])?;
+pub(super) async fn tools(
+    State(state): State<AppState>,
+    q: Query,
+) -> Result<Json<ToolUsageList>, ApiError> {
+    q.check(&[
+        "since",
+        "until",
+        "virtual_server",
+        "mcp_server",
+        "sort",
+        "order",
+    ])?;
     let (since, until) = window(&q)?;
     let sort = match q.str("sort") {
         None => SortKey::Calls,
         Some(s) => SortKey::parse(&s).ok_or_else(|| {
-            ApiError::query("sort", format!("sort: expected one of {}, got {s:?}", SortKey::NAMES))
+            ApiError::query(
+                "sort",
+                format!("sort: expected one of {}, got {s:?}", SortKey::NAMES),
+            )
         })?,
     };
     let descending = match q.str("order").as_deref() {
         None | Some("desc") => true,
         Some("asc") => false,
-        Some(o) => return Err(ApiError::query("order", format!("order: expected asc or desc, got {o:?}"))),
+        Some(o) => {
+            return Err(ApiError::query(
+                "order",
+                format!("order: expected asc or desc, got {o:?}"),
+            ));
+        }
     };
     let usage = usage(&state)?;
     let totals = usage
         .store
-        .tool_totals(&filter(since, until, q.str("virtual_server"), q.str("mcp_server")))
+        .tool_totals(&filter(
+            since,
+            until,
+            q.str("virtual_server"),
+            q.str("mcp_server"),
+        ))
         .await?;
     let dump = state.store.dump().await?;
     let mut items = report::tool_usage(&totals, &dump);
     report::sort_tools(&mut items, sort, descending);
-    Ok(Json(ToolUsageList { since, until, items }))
+    Ok(Json(ToolUsageList {
+        since,
+        until,
+        items,
+    }))
 }
 
 /// The same per virtual server, with requests by method and refusals by reason.
@@ -158,8 +185,16 @@ pub(super) async fn virtual_servers(
     let totals = usage.store.tool_totals(&w).await?;
     let counters = usage.store.vs_totals(&w).await?;
     let mut items = report::virtual_server_usage(&totals, &counters);
-    items.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.virtual_server.cmp(&b.virtual_server)));
-    Ok(Json(VirtualServerUsageList { since, until, items }))
+    items.sort_by(|a, b| {
+        b.calls
+            .cmp(&a.calls)
+            .then_with(|| a.virtual_server.cmp(&b.virtual_server))
+    });
+    Ok(Json(VirtualServerUsageList {
+        since,
+        until,
+        items,
+    }))
 }
 
 /// Tools exposed by a virtual server but not called in the window, tools no virtual server
@@ -169,11 +204,17 @@ pub(super) async fn virtual_servers(
         ("since" = Option<String>, Query, description = "Start: RFC 3339 or a duration before now; default `24h`"),
         ("until" = Option<String>, Query, description = "End: RFC 3339 or a duration before now; default now")),
     responses((status = 200, body = UnusedReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub(super) async fn unused(State(state): State<AppState>, q: Query) -> Result<Json<UnusedReport>, ApiError> {
+pub(super) async fn unused(
+    State(state): State<AppState>,
+    q: Query,
+) -> Result<Json<UnusedReport>, ApiError> {
     q.check(&["since", "until"])?;
     let (since, until) = window(&q)?;
     let usage = usage(&state)?;
-    let window = usage.store.tool_totals(&filter(since, until, None, None)).await?;
+    let window = usage
+        .store
+        .tool_totals(&filter(since, until, None, None))
+        .await?;
     let ever = usage
         .store
         .tool_totals(&WindowFilter {
@@ -184,7 +225,9 @@ pub(super) async fn unused(State(state): State<AppState>, q: Query) -> Result<Js
         .await?;
     let dump = state.store.dump().await?;
     let tools = all_tools(&state).await?;
-    Ok(Json(report::unused_report(since, until, &window, &ever, &dump, &tools)))
+    Ok(Json(report::unused_report(
+        since, until, &window, &ever, &dump, &tools,
+    )))
 }
 
 async fn all_tools(state: &AppState) -> Result<Vec<ItemRecord>, ApiError> {
@@ -193,7 +236,11 @@ async fn all_tools(state: &AppState) -> Result<Vec<ItemRecord>, ApiError> {
     loop {
         let page = state
             .store
-            .list_items(ItemKind::Tool, &ItemFilter::default(), &PageRequest { limit: 500, cursor })
+            .list_items(
+                ItemKind::Tool,
+                &ItemFilter::default(),
+                &PageRequest { limit: 500, cursor },
+            )
             .await?;
         out.extend(page.items);
         match page.next_cursor {

@@ -207,8 +207,11 @@ fn add_tool_metric(
                 .iter()
                 .filter_map(|b| Some((b.upper_bound?, b.cumulative_count?)))
                 .collect();
-            let latency =
-                Latency::from_cumulative(h.sample_count.unwrap_or(0), h.sample_sum.unwrap_or(0.0), &buckets);
+            let latency = Latency::from_cumulative(
+                h.sample_count.unwrap_or(0),
+                h.sample_sum.unwrap_or(0.0),
+                &buckets,
+            );
             if !latency.is_empty() {
                 batch.tools.entry(key).or_default().latency.merge(&latency);
             }
@@ -224,7 +227,12 @@ fn add_tool_metric(
     }
 }
 
-fn add_count(batch: &mut UsageBatch, key: ToolKey, n: u64, field: impl Fn(&mut ToolDelta) -> &mut u64) {
+fn add_count(
+    batch: &mut UsageBatch,
+    key: ToolKey,
+    n: u64,
+    field: impl Fn(&mut ToolDelta) -> &mut u64,
+) {
     if n > 0 {
         *field(batch.tools.entry(key).or_default()) += n;
     }
@@ -290,7 +298,9 @@ fn count(v: f64) -> u64 {
 mod tests {
     use super::*;
     use chrono::{TimeZone as _, Utc};
-    use toolmesh_xds::server::prometheus::{Bucket, Counter, Gauge, Histogram, LabelPair, MetricType};
+    use toolmesh_xds::server::prometheus::{
+        Bucket, Counter, Gauge, Histogram, LabelPair, MetricType,
+    };
 
     use crate::usage::rollup::LATENCY_BOUNDS_MS;
 
@@ -398,10 +408,24 @@ mod tests {
             counter("wasmcustom.toolmesh.tool.calls", &ECHO, 5.0),
             counter("wasmcustom.toolmesh.tool.errors", &ECHO, 1.0),
             counter("wasmcustom.toolmesh.tool.denied", &ECHO, 2.0),
-            histogram("wasmcustom.toolmesh.tool.latency_ms", &ECHO, &[0, 3, 2], 9.5),
-            gauge("wasmcustom.toolmesh.tool.last_call_ts", &ECHO, 1_795_641_000.0),
+            histogram(
+                "wasmcustom.toolmesh.tool.latency_ms",
+                &ECHO,
+                &[0, 3, 2],
+                9.5,
+            ),
+            gauge(
+                "wasmcustom.toolmesh.tool.last_call_ts",
+                &ECHO,
+                1_795_641_000.0,
+            ),
         ]));
-        assert_eq!(b.minute, Utc.with_ymd_and_hms(2026, 11, 25, 12, 34, 0).unwrap().timestamp());
+        assert_eq!(
+            b.minute,
+            Utc.with_ymd_and_hms(2026, 11, 25, 12, 34, 0)
+                .unwrap()
+                .timestamp()
+        );
         let d = &b.tools[&echo_key()];
         assert_eq!((d.calls, d.errors, d.denied), (5, 1, 2));
         assert_eq!(d.latency.count, 5);
@@ -413,7 +437,11 @@ mod tests {
     #[test]
     fn untagged_full_names_parse_the_same() {
         let b = batch_from_report(&report(vec![
-            counter("wasmcustom.toolmesh.tool.demo.everything.echo.calls", &[], 3.0),
+            counter(
+                "wasmcustom.toolmesh.tool.demo.everything.echo.calls",
+                &[],
+                3.0,
+            ),
             counter("toolmesh.vs.demo.rq.tools_call", &[], 4.0),
             counter("wasmcustom.toolmesh.vs.demo.denied.not_allowed", &[], 1.0),
         ]));
@@ -471,8 +499,16 @@ mod tests {
             counter("wasmcustom.toolmesh.tool.calls", &ECHO, 0.0),
             histogram("wasmcustom.toolmesh.tool.latency_ms", &ECHO, &[], 0.0),
             // Resent every flush: not activity by itself.
-            gauge("wasmcustom.toolmesh.tool.last_call_ts", &ECHO, 1_795_641_000.0),
-            counter("wasmcustom.toolmesh.global.denied", &[("reason", "bad_path")], 3.0),
+            gauge(
+                "wasmcustom.toolmesh.tool.last_call_ts",
+                &ECHO,
+                1_795_641_000.0,
+            ),
+            counter(
+                "wasmcustom.toolmesh.global.denied",
+                &[("reason", "bad_path")],
+                3.0,
+            ),
             counter("wasmcustom.toolmesh.tool.x.y.calls", &[], 3.0),
             counter("wasmcustom.toolmesh.tool.a.b.c.d.calls", &[], 3.0),
             counter("http.downstream_rq_total", &[], 9.0),
@@ -484,7 +520,11 @@ mod tests {
 
     #[test]
     fn several_envoys_and_flushes_add_up() {
-        let one = batch_from_report(&report(vec![counter("wasmcustom.toolmesh.tool.calls", &ECHO, 2.0)]));
+        let one = batch_from_report(&report(vec![counter(
+            "wasmcustom.toolmesh.tool.calls",
+            &ECHO,
+            2.0,
+        )]));
         let two = batch_from_report(&report(vec![
             counter("wasmcustom.toolmesh.tool.calls", &ECHO, 3.0),
             counter("wasmcustom.toolmesh.tool.calls", &ECHO, 4.0),

@@ -140,7 +140,10 @@ impl Usage {
         let now = Utc::now().timestamp();
         let compacted = self
             .store
-            .compact(rollup::compaction_cutoff(now, self.settings.minute_retention))
+            .compact(rollup::compaction_cutoff(
+                now,
+                self.settings.minute_retention,
+            ))
             .await?;
         let deleted = self
             .store
@@ -149,7 +152,9 @@ impl Usage {
         self.metrics
             .compacted_rows
             .fetch_add(compacted, Ordering::Relaxed);
-        self.metrics.deleted_rows.fetch_add(deleted, Ordering::Relaxed);
+        self.metrics
+            .deleted_rows
+            .fetch_add(deleted, Ordering::Relaxed);
         Ok(store::MaintenanceStats {
             compacted_rows: compacted,
             deleted_rows: deleted,
@@ -160,15 +165,60 @@ impl Usage {
     pub fn prometheus_text(&self) -> String {
         let m = &self.metrics;
         let rows: [(&str, &str, &str, &AtomicU64); 9] = [
-            ("toolmesh_usage_reports_total", "counter", "Stats flushes received from Envoys (metrics service)", &m.reports),
-            ("toolmesh_usage_batches_stored_total", "counter", "Flushes that added usage rows", &m.batches_stored),
-            ("toolmesh_usage_store_errors_total", "counter", "Flushes that could not be stored (their counts are lost)", &m.store_errors),
-            ("toolmesh_usage_calls_total", "counter", "Tool calls counted from Envoy flushes", &m.calls),
-            ("toolmesh_usage_last_message_bytes", "gauge", "Size of the last flush message (all of Envoy's stats)", &m.last_message_bytes),
-            ("toolmesh_usage_last_message_families", "gauge", "Stat families in the last flush message", &m.last_message_families),
-            ("toolmesh_usage_last_store_microseconds", "gauge", "Time to store the last flush", &m.last_store_micros),
-            ("toolmesh_usage_compacted_rows_total", "counter", "Minute rows compacted into hour rows", &m.compacted_rows),
-            ("toolmesh_usage_deleted_rows_total", "counter", "Usage rows deleted by retention", &m.deleted_rows),
+            (
+                "toolmesh_usage_reports_total",
+                "counter",
+                "Stats flushes received from Envoys (metrics service)",
+                &m.reports,
+            ),
+            (
+                "toolmesh_usage_batches_stored_total",
+                "counter",
+                "Flushes that added usage rows",
+                &m.batches_stored,
+            ),
+            (
+                "toolmesh_usage_store_errors_total",
+                "counter",
+                "Flushes that could not be stored (their counts are lost)",
+                &m.store_errors,
+            ),
+            (
+                "toolmesh_usage_calls_total",
+                "counter",
+                "Tool calls counted from Envoy flushes",
+                &m.calls,
+            ),
+            (
+                "toolmesh_usage_last_message_bytes",
+                "gauge",
+                "Size of the last flush message (all of Envoy's stats)",
+                &m.last_message_bytes,
+            ),
+            (
+                "toolmesh_usage_last_message_families",
+                "gauge",
+                "Stat families in the last flush message",
+                &m.last_message_families,
+            ),
+            (
+                "toolmesh_usage_last_store_microseconds",
+                "gauge",
+                "Time to store the last flush",
+                &m.last_store_micros,
+            ),
+            (
+                "toolmesh_usage_compacted_rows_total",
+                "counter",
+                "Minute rows compacted into hour rows",
+                &m.compacted_rows,
+            ),
+            (
+                "toolmesh_usage_deleted_rows_total",
+                "counter",
+                "Usage rows deleted by retention",
+                &m.deleted_rows,
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, v) in rows {
@@ -183,7 +233,10 @@ impl Usage {
 
 /// Store every report from `reports` until the channel closes. A report that cannot be stored
 /// is logged and dropped (retrying could apply it twice if the commit actually happened).
-pub fn spawn_ingestor(usage: Usage, mut reports: mpsc::Receiver<MetricsReport>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_ingestor(
+    usage: Usage,
+    mut reports: mpsc::Receiver<MetricsReport>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(report) = reports.recv().await {
             match usage.ingest(&report).await {
@@ -207,7 +260,12 @@ pub fn spawn_ingestor(usage: Usage, mut reports: mpsc::Receiver<MetricsReport>) 
 /// Compact and apply retention now and then every `maintenance_interval`, until aborted.
 pub fn spawn_maintenance(usage: Usage) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(usage.settings.maintenance_interval.max(Duration::from_secs(1)));
+        let mut tick = tokio::time::interval(
+            usage
+                .settings
+                .maintenance_interval
+                .max(Duration::from_secs(1)),
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -218,7 +276,9 @@ pub fn spawn_maintenance(usage: Usage) -> tokio::task::JoinHandle<()> {
                     "usage roll-up maintenance"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "usage roll-up maintenance failed; retrying later"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "usage roll-up maintenance failed; retrying later")
+                }
             }
         }
     })

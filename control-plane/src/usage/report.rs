@@ -122,7 +122,9 @@ pub struct DuplicateGroup {
 }
 
 /// A tool on an MCP server.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct ToolRef {
     /// MCP server.
     pub mcp_server: String,
@@ -248,8 +250,11 @@ fn last_called(t: &ToolTotals) -> Option<i64> {
 /// name.
 pub fn sort_tools(rows: &mut [ToolUsage], key: SortKey, descending: bool) {
     rows.sort_by(|a, b| {
-        let name = (&a.virtual_server, &a.mcp_server, &a.tool)
-            .cmp(&(&b.virtual_server, &b.mcp_server, &b.tool));
+        let name = (&a.virtual_server, &a.mcp_server, &a.tool).cmp(&(
+            &b.virtual_server,
+            &b.mcp_server,
+            &b.tool,
+        ));
         let by = |x: Option<f64>, y: Option<f64>| match (x, y) {
             (Some(x), Some(y)) => {
                 let o = x.total_cmp(&y);
@@ -273,7 +278,10 @@ pub fn sort_tools(rows: &mut [ToolUsage], key: SortKey, descending: bool) {
 }
 
 /// The per-virtual-server view: tool sums merged, plus request and refusal counters.
-pub fn virtual_server_usage(totals: &[ToolTotals], counters: &[VsCounter]) -> Vec<VirtualServerUsage> {
+pub fn virtual_server_usage(
+    totals: &[ToolTotals],
+    counters: &[VsCounter],
+) -> Vec<VirtualServerUsage> {
     #[derive(Default)]
     struct Acc {
         calls: u64,
@@ -332,8 +340,13 @@ pub fn unused_report(
     dump: &CatalogDump,
     tools: &[ItemRecord],
 ) -> UnusedReport {
-    let called: BTreeSet<&ToolKey> = window.iter().filter(|t| t.calls > 0).map(|t| &t.key).collect();
-    let last: HashMap<&ToolKey, Option<i64>> = ever.iter().map(|t| (&t.key, last_called(t))).collect();
+    let called: BTreeSet<&ToolKey> = window
+        .iter()
+        .filter(|t| t.calls > 0)
+        .map(|t| &t.key)
+        .collect();
+    let last: HashMap<&ToolKey, Option<i64>> =
+        ever.iter().map(|t| (&t.key, last_called(t))).collect();
     let exposed = exposed_tools(dump);
     let exposed_unused = exposed
         .iter()
@@ -464,7 +477,13 @@ pub fn possible_duplicates(tools: &[(ToolRef, &str)]) -> Vec<DuplicateGroup> {
     }
     for (x, y, sim) in similar {
         let sim = (sim * 100.0).round() / 100.0;
-        emit(&mut out, &mut grouped, "similar_description", vec![x, y], Some(sim));
+        emit(
+            &mut out,
+            &mut grouped,
+            "similar_description",
+            vec![x, y],
+            Some(sim),
+        );
     }
     out
 }
@@ -510,12 +529,24 @@ mod tests {
     #[test]
     fn duplicates_by_name_and_description_across_servers_only() {
         let tools = [
-            (r("github", "search_issues"), "Search issues in a repository by text."),
+            (
+                r("github", "search_issues"),
+                "Search issues in a repository by text.",
+            ),
             (r("gitlab", "searchIssues"), "Find issues in a project."),
             (r("jira", "find"), "Search issues in a repository by text!"),
-            (r("jira", "find_v2"), "Search issues in a repository by text"),
-            (r("docs", "lookup"), "Look up a page in the docs by its title"),
-            (r("wiki", "lookup_page"), "Look up a page in the wiki by its title"),
+            (
+                r("jira", "find_v2"),
+                "Search issues in a repository by text",
+            ),
+            (
+                r("docs", "lookup"),
+                "Look up a page in the docs by its title",
+            ),
+            (
+                r("wiki", "lookup_page"),
+                "Look up a page in the wiki by its title",
+            ),
             (r("a", "echo"), "Echo"),
             (r("b", "echo2"), "Echo"),
         ];
@@ -529,7 +560,10 @@ mod tests {
         };
         assert_eq!(
             find("same_name"),
-            vec![vec![r("github", "search_issues"), r("gitlab", "searchIssues")]]
+            vec![vec![
+                r("github", "search_issues"),
+                r("gitlab", "searchIssues")
+            ]]
         );
         assert_eq!(
             find("same_description"),
@@ -540,23 +574,28 @@ mod tests {
             ]]
         );
         let similar = find("similar_description");
-        assert_eq!(similar, vec![vec![r("docs", "lookup"), r("wiki", "lookup_page")]], "{groups:#?}");
+        assert_eq!(
+            similar,
+            vec![vec![r("docs", "lookup"), r("wiki", "lookup_page")]],
+            "{groups:#?}"
+        );
         // Short descriptions are never compared; same server is never a duplicate.
         assert!(!groups.iter().any(|g| g.tools.contains(&r("a", "echo"))));
     }
 
     fn dump() -> CatalogDump {
-        let member = |server: &str, tool: &str, expose_as: Option<&str>, enabled: bool| MemberRecord {
-            kind: ItemKind::Tool,
-            mcp_server: server.into(),
-            item: tool.into(),
-            item_id: 1,
-            expose_as: expose_as.map(Into::into),
-            enabled,
-            removed_upstream: false,
-            drifted: false,
-            definition: serde_json::json!({}),
-        };
+        let member =
+            |server: &str, tool: &str, expose_as: Option<&str>, enabled: bool| MemberRecord {
+                kind: ItemKind::Tool,
+                mcp_server: server.into(),
+                item: tool.into(),
+                item_id: 1,
+                expose_as: expose_as.map(Into::into),
+                enabled,
+                removed_upstream: false,
+                drifted: false,
+                definition: serde_json::json!({}),
+            };
         CatalogDump {
             version: 1,
             mcp_servers: vec![],
@@ -592,7 +631,10 @@ mod tests {
 
     #[test]
     fn renamed_tools_join_on_their_stat_segment() {
-        let rows = tool_usage(&[totals("add_numbers", 3, Some(500)), totals("gone", 1, None)], &dump());
+        let rows = tool_usage(
+            &[totals("add_numbers", 3, Some(500)), totals("gone", 1, None)],
+            &dump(),
+        );
         assert_eq!(rows[0].upstream_tool.as_deref(), Some("add"));
         assert_eq!(rows[0].last_called.map(|t| t.timestamp()), Some(500));
         assert_eq!(rows[1].upstream_tool, None);
@@ -604,7 +646,10 @@ mod tests {
     fn unused_lists_exposed_tools_without_calls_and_unexposed_ones() {
         let now = Utc::now();
         let window = [totals("echo", 0, None), totals("add_numbers", 2, Some(900))];
-        let ever = [totals("echo", 5, Some(100)), totals("add_numbers", 2, Some(900))];
+        let ever = [
+            totals("echo", 5, Some(100)),
+            totals("add_numbers", 2, Some(900)),
+        ];
         let item = |tool: &str, removed: bool| ItemRecord {
             id: 1,
             kind: ItemKind::Tool,
@@ -619,11 +664,20 @@ mod tests {
             first_seen: now,
             last_seen: now,
         };
-        let tools = [item("echo", false), item("add", false), item("fail", false), item("off", false), item("old", true)];
+        let tools = [
+            item("echo", false),
+            item("add", false),
+            item("fail", false),
+            item("off", false),
+            item("old", true),
+        ];
         let rep = unused_report(now, now, &window, &ever, &dump(), &tools);
         assert_eq!(rep.exposed_unused.len(), 1, "{rep:#?}");
         assert_eq!(rep.exposed_unused[0].tool, "echo");
-        assert_eq!(rep.exposed_unused[0].last_called.map(|t| t.timestamp()), Some(100));
+        assert_eq!(
+            rep.exposed_unused[0].last_called.map(|t| t.timestamp()),
+            Some(100)
+        );
         let not: Vec<&str> = rep.not_exposed.iter().map(|t| t.tool.as_str()).collect();
         // A disabled member does not count as exposed; removed tools are gone.
         assert_eq!(not, ["fail", "off"]);
@@ -647,15 +701,31 @@ mod tests {
             mean_ms: None,
             last_called: None,
         };
-        let mut rows = vec![mk("a", 1, None), mk("b", 5, Some(3.0)), mk("c", 3, Some(9.0))];
+        let mut rows = vec![
+            mk("a", 1, None),
+            mk("b", 5, Some(3.0)),
+            mk("c", 3, Some(9.0)),
+        ];
         sort_tools(&mut rows, SortKey::Calls, true);
-        assert_eq!(rows.iter().map(|r| r.tool.as_str()).collect::<Vec<_>>(), ["b", "c", "a"]);
+        assert_eq!(
+            rows.iter().map(|r| r.tool.as_str()).collect::<Vec<_>>(),
+            ["b", "c", "a"]
+        );
         sort_tools(&mut rows, SortKey::Calls, false);
-        assert_eq!(rows.iter().map(|r| r.tool.as_str()).collect::<Vec<_>>(), ["a", "c", "b"]);
+        assert_eq!(
+            rows.iter().map(|r| r.tool.as_str()).collect::<Vec<_>>(),
+            ["a", "c", "b"]
+        );
         sort_tools(&mut rows, SortKey::P99, true);
-        assert_eq!(rows.iter().map(|r| r.tool.as_str()).collect::<Vec<_>>(), ["c", "b", "a"]);
+        assert_eq!(
+            rows.iter().map(|r| r.tool.as_str()).collect::<Vec<_>>(),
+            ["c", "b", "a"]
+        );
         sort_tools(&mut rows, SortKey::P99, false);
-        assert_eq!(rows.iter().map(|r| r.tool.as_str()).collect::<Vec<_>>(), ["b", "c", "a"]);
+        assert_eq!(
+            rows.iter().map(|r| r.tool.as_str()).collect::<Vec<_>>(),
+            ["b", "c", "a"]
+        );
         assert_eq!(SortKey::parse("p99"), Some(SortKey::P99));
         assert_eq!(SortKey::parse("p98"), None);
     }
@@ -689,7 +759,10 @@ mod tests {
         ];
         let v = virtual_server_usage(&[a, b], &counters);
         assert_eq!(v.len(), 2);
-        assert_eq!((v[0].calls, v[0].errors, v[0].denied, v[0].requests), (4, 1, 2, 6));
+        assert_eq!(
+            (v[0].calls, v[0].errors, v[0].denied, v[0].requests),
+            (4, 1, 2, 6)
+        );
         assert_eq!(v[0].error_rate, 0.25);
         assert_eq!(v[0].tools_called, 1);
         assert_eq!(v[0].p50_ms, Some(0.75));

@@ -10,8 +10,25 @@ use chrono::{DateTime, Duration, Utc};
 /// Upper bounds (ms) of Envoy's default histogram buckets, the ones the filter's `latency_ms`
 /// uses. A sample `v` falls in the first bucket whose bound is `>= v`.
 pub const LATENCY_BOUNDS_MS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0,
-    30_000.0, 60_000.0, 300_000.0, 600_000.0, 1_800_000.0, 3_600_000.0,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1_000.0,
+    2_500.0,
+    5_000.0,
+    10_000.0,
+    30_000.0,
+    60_000.0,
+    300_000.0,
+    600_000.0,
+    1_800_000.0,
+    3_600_000.0,
 ];
 
 /// Stored buckets: one per bound plus one for samples above the last bound.
@@ -92,7 +109,11 @@ impl Latency {
                 let Some(&upper) = LATENCY_BOUNDS_MS.get(i) else {
                     return LATENCY_BOUNDS_MS.last().copied();
                 };
-                let lower = if i == 0 { 0.0 } else { LATENCY_BOUNDS_MS[i - 1] };
+                let lower = if i == 0 {
+                    0.0
+                } else {
+                    LATENCY_BOUNDS_MS[i - 1]
+                };
                 let within = (rank - seen as f64) / n as f64;
                 return Some(round2(lower + (upper - lower) * within));
             }
@@ -149,7 +170,11 @@ pub struct TimeParamError {
 
 /// Parse a window bound: RFC 3339 (`2026-11-25T10:00:00Z`) or a duration before `now`
 /// (`90s`, `15m`, `24h`, `7d`, `2w`).
-pub fn parse_time(field: &str, value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, TimeParamError> {
+pub fn parse_time(
+    field: &str,
+    value: &str,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, TimeParamError> {
     let err = |message: String| TimeParamError {
         field: field.to_string(),
         message,
@@ -285,12 +310,12 @@ mod tests {
         assert_eq!(bucket_start(-1, MINUTE), -60);
         let now = 10 * 24 * HOUR + 1_234;
         // 48 h of minutes: everything before the hour that holds now-48h is compacted.
-        assert_eq!(
-            compaction_cutoff(now, Duration::hours(48)),
-            8 * 24 * HOUR
-        );
+        assert_eq!(compaction_cutoff(now, Duration::hours(48)), 8 * 24 * HOUR);
         // 7 days of data: hour rows that end before now-7d are deleted.
-        assert_eq!(retention_cutoff(now, Duration::days(7)), 3 * 24 * HOUR - HOUR);
+        assert_eq!(
+            retention_cutoff(now, Duration::days(7)),
+            3 * 24 * HOUR - HOUR
+        );
     }
 
     #[test]

@@ -76,7 +76,9 @@ pub struct WindowFilter {
 }
 
 fn bucket_cols() -> Vec<String> {
-    (0..LATENCY_BUCKETS).map(|i| format!("lat_b{i:02}")).collect()
+    (0..LATENCY_BUCKETS)
+        .map(|i| format!("lat_b{i:02}"))
+        .collect()
 }
 
 /// Counts as stored (BIGINT is signed).
@@ -105,10 +107,16 @@ fn tool_upsert_sql() -> String {
 }
 
 fn tool_conflict_clause() -> String {
-    let mut sets: Vec<String> = ["calls", "errors", "denied", "latency_count", "latency_sum_ms"]
-        .iter()
-        .map(|c| format!("{c} = tool_usage.{c} + excluded.{c}"))
-        .collect();
+    let mut sets: Vec<String> = [
+        "calls",
+        "errors",
+        "denied",
+        "latency_count",
+        "latency_sum_ms",
+    ]
+    .iter()
+    .map(|c| format!("{c} = tool_usage.{c} + excluded.{c}"))
+    .collect();
     sets.extend(
         bucket_cols()
             .iter()
@@ -239,7 +247,9 @@ macro_rules! usage_sql {
                 for row in &rows {
                     let mut latency = Latency {
                         count: from_db(row.try_get("latency_count")?),
-                        sum_ms: row.try_get::<Option<f64>, _>("latency_sum_ms")?.unwrap_or(0.0),
+                        sum_ms: row
+                            .try_get::<Option<f64>, _>("latency_sum_ms")?
+                            .unwrap_or(0.0),
                         ..Default::default()
                     };
                     for (i, col) in bucket_cols().iter().enumerate() {
@@ -289,8 +299,14 @@ macro_rules! usage_sql {
                 if !$lock.is_empty() {
                     sqlx::query($lock).execute(&mut *tx).await?;
                 }
-                sqlx::query(&tool_compact_sql()).bind(cutoff).execute(&mut *tx).await?;
-                sqlx::query(&vs_compact_sql()).bind(cutoff).execute(&mut *tx).await?;
+                sqlx::query(&tool_compact_sql())
+                    .bind(cutoff)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&vs_compact_sql())
+                    .bind(cutoff)
+                    .execute(&mut *tx)
+                    .await?;
                 let mut moved = 0;
                 for table in ["tool_usage", "vs_usage"] {
                     moved += sqlx::query(&format!(
@@ -305,7 +321,10 @@ macro_rules! usage_sql {
                 Ok(moved)
             }
 
-            pub(super) async fn delete_before(pool: &$Pool, cutoff: i64) -> Result<u64, UsageError> {
+            pub(super) async fn delete_before(
+                pool: &$Pool,
+                cutoff: i64,
+            ) -> Result<u64, UsageError> {
                 let mut deleted = 0;
                 for table in ["tool_usage", "vs_usage"] {
                     deleted += sqlx::query(&format!("DELETE FROM {table} WHERE bucket_start < $1"))
@@ -334,9 +353,20 @@ macro_rules! usage_sql {
     };
 }
 
-usage_sql!(pg, PgPool, sqlx::postgres::PgRow, begin_write = "BEGIN",
-    lock = "SELECT pg_advisory_xact_lock(7370660003)");
-usage_sql!(lite, SqlitePool, sqlx::sqlite::SqliteRow, begin_write = "BEGIN IMMEDIATE", lock = "");
+usage_sql!(
+    pg,
+    PgPool,
+    sqlx::postgres::PgRow,
+    begin_write = "BEGIN",
+    lock = "SELECT pg_advisory_xact_lock(7370660003)"
+);
+usage_sql!(
+    lite,
+    SqlitePool,
+    sqlx::sqlite::SqliteRow,
+    begin_write = "BEGIN IMMEDIATE",
+    lock = ""
+);
 
 #[derive(Debug, Clone)]
 enum Pool {
