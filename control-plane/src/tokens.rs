@@ -109,8 +109,16 @@ fn key_context(kid: &str) -> Vec<u8> {
     format!("toolmesh/token-signing-key/v1/{kid}").into_bytes()
 }
 
-fn b64url(bytes: &[u8]) -> String {
+/// Base64url without padding (JWT segments, JWK `x`).
+pub fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decode base64url without padding (a JWT segment).
+pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
 }
 
 /// A fresh Ed25519 key pair: (kid, PKCS#8 DER of the private key, raw public key).

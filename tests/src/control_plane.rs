@@ -170,6 +170,18 @@ impl ControlPlane {
         .await
     }
 
+    /// Issue a token (`POST /v1/tokens`); returns the JWT and the metadata.
+    pub async fn issue_token(&self, body: &Value) -> anyhow::Result<(String, Value)> {
+        let v = self
+            .ok(reqwest::Method::POST, "/v1/tokens", Some(body))
+            .await?;
+        let jwt = v["token"]
+            .as_str()
+            .context("no token in the answer")?
+            .to_string();
+        Ok((jwt, v))
+    }
+
     /// Wait until every connected Envoy acknowledged the current snapshot.
     pub async fn wait_envoys_in_sync(
         &self,
