@@ -1,0 +1,630 @@
+//! Tool usage: Envoy flushes stored as roll-ups and answered by `/v1/usage/*`, on SQLite and on
+//! Postgres.
+//!
+//! Flushes are built as the metrics service receives them (`MetricsReport` with Prometheus
+//! families named and labelled like Envoy 1.40 sends the filter's stats), so these tests cover
+//! everything after the gRPC stream; `tests/tests/usage.rs` in the e2e crate drives real Envoys.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use common::{TestApp, assert_error};
+use serde_json::{Value, json};
+use toolmesh::store::DiscoveryOutcome;
+use toolmesh_discovery::Discovered;
+use toolmesh_xds::server::MetricsReport;
+use toolmesh_xds::server::prometheus::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily,
+};
+
+const BOUNDS: [f64; 19] = [
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1_000.0,
+    2_500.0,
+    5_000.0,
+    10_000.0,
+    30_000.0,
+    60_000.0,
+    300_000.0,
+    600_000.0,
+    1_800_000.0,
+    3_600_000.0,
+];
+
+/// What one Envoy counted for one tool in one flush.
+#[derive(Clone, Copy, Default)]
+struct Flush {
+    calls: u64,
+    errors: u64,
+    denied: u64,
+    /// Latency samples per bucket index.
+    latency: [u64; 20],
+    last_call_ts: i64,
+}
+
+fn labels(vs: &str, server: &str, tool: &str) -> Vec<LabelPair> {
+    [
+        ("virtual_server", vs),
+        ("mcp_server", server),
+        ("tool", tool),
+    ]
+    .iter()
+    .map(|(k, v)| LabelPair {
+        name: Some((*k).into()),
+        value: Some((*v).into()),
+    })
+    .collect()
+}
+
+fn family(name: &str, metric: Metric) -> MetricFamily {
+    MetricFamily {
+        name: Some(format!("wasmcustom.toolmesh.tool.{name}")),
+        metric: vec![metric],
+        ..Default::default()
+    }
+}
+
+fn tool_families(vs: &str, server: &str, tool: &str, f: &Flush) -> Vec<MetricFamily> {
+    let l = labels(vs, server, tool);
+    let counter = |v: u64| Metric {
+        label: l.clone(),
+        counter: Some(Counter {
+            value: Some(v as f64),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut acc = 0;
+    let bucket = BOUNDS
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            acc += f.latency[i];
+            Bucket {
+                cumulative_count: Some(acc),
+                upper_bound: Some(*b),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let total: u64 = f.latency.iter().sum();
+    vec![
+        family("calls", counter(f.calls)),
+        family("errors", counter(f.errors)),
+        family("denied", counter(f.denied)),
+        family(
+            "latency_ms",
+            Metric {
+                label: l.clone(),
+                histogram: Some(Histogram {
+                    sample_count: Some(total),
+                    sample_sum: Some(total as f64),
+                    bucket,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        family(
+            "last_call_ts",
+            Metric {
+                label: l.clone(),
+                gauge: Some(Gauge {
+                    value: Some(f.last_call_ts as f64),
+                }),
+                ..Default::default()
+            },
+        ),
+    ]
+}
+
+fn vs_counter(vs: &str, kind: &str, label: &str, name: &str, n: u64) -> MetricFamily {
+    MetricFamily {
+        name: Some(format!("wasmcustom.toolmesh.vs.{kind}")),
+        metric: vec![Metric {
+            label: vec![
+                LabelPair {
+                    name: Some("virtual_server".into()),
+                    value: Some(vs.into()),
+                },
+                LabelPair {
+                    name: Some(label.into()),
+                    value: Some(name.into()),
+                },
+            ],
+            counter: Some(Counter {
+                value: Some(n as f64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn report(node: &str, at: DateTime<Utc>, families: Vec<MetricFamily>) -> MetricsReport {
+    MetricsReport {
+        stream_id: 1,
+        node_id: node.into(),
+        node_cluster: "toolmesh".into(),
+        received_at: at,
+        uptime_s: Some(30.0),
+        families,
+        message_bytes: 1234,
+        families_total: 80,
+    }
+}
+
+async fn ingest(app: &TestApp, r: MetricsReport) {
+    app.state
+        .usage
+        .as_ref()
+        .expect("usage is on")
+        .ingest(&r)
+        .await
+        .expect("ingest");
+}
+
+fn item<'a>(body: &'a Value, vs: &str, tool: &str) -> &'a Value {
+    body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("items in {body}"))
+        .iter()
+        .find(|i| i["virtual_server"] == vs && i["tool"] == tool)
+        .unwrap_or_else(|| panic!("{vs}/{tool} in {body}"))
+}
+
+fn tool(name: &str, desc: &str) -> Value {
+    json!({"name": name, "description": desc, "inputSchema": {"type": "object", "properties": {}}})
+}
+
+/// Register `name` (unreachable) and give it `tools` through a synthetic discovery.
+async fn seed(app: &TestApp, name: &str, tools: Vec<Value>) {
+    let (s, body) = app
+        .post(
+            "/v1/mcp-servers",
+            json!({"name": name, "url": format!("http://127.0.0.1:1/{name}/mcp")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let outcome = DiscoveryOutcome::Success(Box::new(Discovered {
+        server_info: json!({"name": name, "version": "1"}),
+        protocol_version: "2025-06-18".into(),
+        capabilities: json!({"tools": {}}),
+        instructions: None,
+        tools,
+        prompts: vec![],
+        resources: vec![],
+        resource_templates: vec![],
+        latency: Duration::from_millis(1),
+    }));
+    app.state
+        .store
+        .apply_discovery(name, &outcome)
+        .await
+        .expect("apply discovery");
+}
+
+both_backends!(
+    flushes_from_several_envoys_add_up_exactly,
+    windows_filters_and_sorting,
+    bad_parameters_name_the_field,
+    old_minutes_compact_into_hours_and_expire,
+    concurrent_flushes_lose_no_increment,
+    unused_tools_and_possible_duplicates,
+);
+
+async fn flushes_from_several_envoys_add_up_exactly(app: &TestApp) {
+    let now = Utc::now();
+    let mut lat = [0; 20];
+    lat[1] = 3; // 3 samples in (0.5, 1] ms
+    let a = Flush {
+        calls: 3,
+        errors: 1,
+        denied: 2,
+        latency: lat,
+        last_call_ts: now.timestamp() - 5,
+    };
+    let mut lat = [0; 20];
+    lat[6] = 4; // 4 samples in (50, 100] ms
+    let b = Flush {
+        calls: 4,
+        latency: lat,
+        last_call_ts: now.timestamp() - 2,
+        ..Default::default()
+    };
+    // Two Envoys, two flushes each (the second after a restart: deltas again).
+    for (node, f) in [("gw-1", a), ("gw-2", b), ("gw-1", a), ("gw-2", b)] {
+        let mut fams = tool_families("demo", "everything", "echo", &f);
+        fams.push(vs_counter(
+            "demo",
+            "rq",
+            "method",
+            "tools_call",
+            f.calls + f.denied,
+        ));
+        fams.push(vs_counter(
+            "demo",
+            "denied",
+            "reason",
+            "lookalike",
+            f.denied,
+        ));
+        ingest(app, report(node, now, fams)).await;
+    }
+    // A flush with nothing new (zeros and the resent gauge) adds nothing.
+    ingest(
+        app,
+        report(
+            "gw-1",
+            now,
+            tool_families(
+                "demo",
+                "everything",
+                "echo",
+                &Flush {
+                    last_call_ts: now.timestamp() - 5,
+                    ..Default::default()
+                },
+            ),
+        ),
+    )
+    .await;
+
+    let (s, body) = app.get("/v1/usage/tools?since=1h").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let echo = item(&body, "demo", "echo");
+    assert_eq!(echo["calls"], 14, "{body}");
+    assert_eq!(echo["errors"], 2);
+    assert_eq!(echo["denied"], 4);
+    assert_eq!(echo["error_rate"], 0.1429);
+    assert_eq!(echo["latency_samples"], 14);
+    // 6 samples ≤ 1 ms, 8 in (50, 100]: the median is in the slow bucket, p99 near 100 ms.
+    assert!(echo["p50_ms"].as_f64().unwrap() > 50.0, "{echo}");
+    assert!(echo["p99_ms"].as_f64().unwrap() > 95.0, "{echo}");
+    assert_eq!(
+        echo["last_called"].as_str().unwrap(),
+        DateTime::from_timestamp(now.timestamp() - 2, 0)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    assert_eq!(echo["upstream_tool"], Value::Null, "not in the catalog");
+
+    let (s, body) = app.get("/v1/usage/virtual-servers").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let demo = &body["items"][0];
+    assert_eq!(demo["virtual_server"], "demo");
+    assert_eq!(demo["calls"], 14);
+    assert_eq!(demo["requests"], 18);
+    assert_eq!(demo["denied"], 4);
+    assert_eq!(demo["denied_by_reason"]["lookalike"], 4);
+    assert_eq!(demo["tools_called"], 1);
+
+    let (_, metrics) = app
+        .raw(axum::http::Method::GET, "/metrics", None, None, "")
+        .await;
+    let text = metrics.as_str().unwrap_or_default();
+    assert!(text.contains("toolmesh_usage_calls_total 14"), "{text}");
+    assert!(text.contains("toolmesh_usage_reports_total 5"), "{text}");
+}
+
+async fn windows_filters_and_sorting(app: &TestApp) {
+    let now = Utc::now();
+    let flush = |calls: u64, errors: u64, slow: bool| {
+        let mut latency = [0; 20];
+        latency[if slow { 9 } else { 2 }] = calls;
+        Flush {
+            calls,
+            errors,
+            latency,
+            last_call_ts: now.timestamp(),
+            ..Default::default()
+        }
+    };
+    let mut fams = tool_families("a", "s1", "fast", &flush(10, 0, false));
+    fams.extend(tool_families("a", "s1", "slow", &flush(2, 2, true)));
+    fams.extend(tool_families("b", "s2", "other", &flush(5, 1, false)));
+    ingest(app, report("gw", now, fams)).await;
+    // Three hours ago: outside `since=1h`, inside `since=4h`.
+    ingest(
+        app,
+        report(
+            "gw",
+            now - chrono::Duration::hours(3),
+            tool_families("a", "s1", "old", &flush(7, 0, false)),
+        ),
+    )
+    .await;
+
+    let names = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["tool"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, body) = app.get("/v1/usage/tools?since=1h").await;
+    assert_eq!(names(&body), ["fast", "other", "slow"], "{body}");
+    let (_, body) = app.get("/v1/usage/tools?since=4h").await;
+    assert_eq!(names(&body), ["fast", "old", "other", "slow"], "{body}");
+    let (_, body) = app.get("/v1/usage/tools?since=4h&until=2h").await;
+    assert_eq!(names(&body), ["old"], "{body}");
+    let since = (now - chrono::Duration::minutes(10)).to_rfc3339();
+    let (s, body) = app
+        .get(&format!(
+            "/v1/usage/tools?since={}&virtual_server=a",
+            urlencode(&since)
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(names(&body), ["fast", "slow"]);
+    let (_, body) = app.get("/v1/usage/tools?since=1h&mcp_server=s2").await;
+    assert_eq!(names(&body), ["other"]);
+    let (_, body) = app.get("/v1/usage/tools?since=1h&sort=errors").await;
+    assert_eq!(names(&body), ["slow", "other", "fast"]);
+    let (_, body) = app.get("/v1/usage/tools?since=1h&sort=p99&order=desc").await;
+    assert_eq!(names(&body)[0], "slow");
+    let (_, body) = app.get("/v1/usage/tools?since=1h&sort=calls&order=asc").await;
+    assert_eq!(names(&body), ["slow", "other", "fast"]);
+    let (_, body) = app.get("/v1/usage/virtual-servers?since=4h").await;
+    let vs: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["virtual_server"].as_str().unwrap())
+        .collect();
+    assert_eq!(vs, ["a", "b"], "most calls first: {body}");
+    assert_eq!(body["items"][0]["calls"], 19);
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}
+
+async fn bad_parameters_name_the_field(app: &TestApp) {
+    for (path, field) in [
+        ("/v1/usage/tools?since=yesterday", "since"),
+        ("/v1/usage/tools?since=5y", "since"),
+        ("/v1/usage/tools?until=soon", "until"),
+        ("/v1/usage/tools?since=1h&until=2h", "since"),
+        ("/v1/usage/tools?sort=latency", "sort"),
+        ("/v1/usage/tools?order=up", "order"),
+        ("/v1/usage/tools?limit=3", "limit"),
+        ("/v1/usage/virtual-servers?sort=calls", "sort"),
+        ("/v1/usage/unused?since=7", "since"),
+    ] {
+        assert_error(&app.get(path).await, StatusCode::BAD_REQUEST, Some(field));
+    }
+    let (s, _) = app
+        .raw(axum::http::Method::GET, "/v1/usage/tools", None, None, "")
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+async fn old_minutes_compact_into_hours_and_expire(app: &TestApp) {
+    let usage = app.state.usage.clone().expect("usage");
+    let now = Utc::now();
+    let f = |calls: u64| {
+        let mut latency = [0; 20];
+        latency[3] = calls;
+        Flush {
+            calls,
+            latency,
+            last_call_ts: 0,
+            ..Default::default()
+        }
+    };
+    // Three days ago, in three different minutes of one hour (compacted: older than 48 h).
+    let base = DateTime::from_timestamp((now.timestamp() - 3 * 86_400) / 3_600 * 3_600, 0).unwrap();
+    for (minute, calls) in [(1, 2), (17, 3), (59, 4)] {
+        ingest(
+            app,
+            report(
+                "gw",
+                base + chrono::Duration::minutes(minute),
+                tool_families("demo", "s", "t", &f(calls)),
+            ),
+        )
+        .await;
+    }
+    // 40 days ago (expired) and now (kept as minutes).
+    ingest(
+        app,
+        report(
+            "gw",
+            now - chrono::Duration::days(40),
+            tool_families("demo", "s", "t", &f(100)),
+        ),
+    )
+    .await;
+    ingest(
+        app,
+        report("gw", now, tool_families("demo", "s", "t", &f(1))),
+    )
+    .await;
+    assert_eq!(usage.store.row_count().await.unwrap(), (5, 0));
+
+    let (_, before) = app.get("/v1/usage/tools?since=4d").await;
+    let stats = usage.maintain().await.expect("maintain");
+    // The 40-day-old minute is compacted too, then deleted with its hour.
+    assert_eq!(stats.compacted_rows, 4, "{stats:?}");
+    assert_eq!(stats.deleted_rows, 1, "{stats:?}");
+    assert_eq!(usage.store.row_count().await.unwrap(), (1, 1));
+    // Nothing changes for a window that covers whole hours.
+    let (_, after) = app.get("/v1/usage/tools?since=4d").await;
+    assert_eq!(item(&after, "demo", "t")["calls"], 10);
+    assert_eq!(item(&before, "demo", "t"), item(&after, "demo", "t"));
+    // Running it again moves nothing twice.
+    let stats = usage.maintain().await.expect("maintain");
+    assert_eq!((stats.compacted_rows, stats.deleted_rows), (0, 0));
+    let (_, again) = app.get("/v1/usage/tools?since=4d").await;
+    assert_eq!(item(&again, "demo", "t")["calls"], 10);
+    // More minutes of an hour that was already compacted (a late flush) add to the hour row.
+    ingest(
+        app,
+        report(
+            "gw",
+            base + chrono::Duration::minutes(30),
+            tool_families("demo", "s", "t", &f(5)),
+        ),
+    )
+    .await;
+    usage.maintain().await.expect("maintain");
+    assert_eq!(usage.store.row_count().await.unwrap(), (1, 1));
+    let (_, late) = app.get("/v1/usage/tools?since=4d").await;
+    assert_eq!(item(&late, "demo", "t")["calls"], 15);
+    assert_eq!(item(&late, "demo", "t")["latency_samples"], 15);
+}
+
+async fn concurrent_flushes_lose_no_increment(app: &TestApp) {
+    let now = Utc::now();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let usage = app.state.usage.clone().expect("usage");
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let mut latency = [0; 20];
+                latency[4] = 1;
+                let f = Flush {
+                    calls: 1,
+                    latency,
+                    last_call_ts: now.timestamp(),
+                    ..Default::default()
+                };
+                let mut fams = tool_families("demo", "s", "t", &f);
+                fams.extend(tool_families("demo", "s", &format!("t{i}"), &f));
+                usage
+                    .ingest(&report(&format!("gw-{i}"), now, fams))
+                    .await
+                    .expect("ingest");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (_, body) = app.get("/v1/usage/tools").await;
+    assert_eq!(item(&body, "demo", "t")["calls"], 80, "{body}");
+    assert_eq!(item(&body, "demo", "t")["latency_samples"], 80);
+    assert_eq!(item(&body, "demo", "t3")["calls"], 10);
+}
+
+async fn unused_tools_and_possible_duplicates(app: &TestApp) {
+    seed(
+        app,
+        "github",
+        vec![
+            tool("search_issues", "Search issues in a repository by text."),
+            tool("get.file", "Read one file from a repository."),
+            tool("admin_only", "Dangerous."),
+        ],
+    )
+    .await;
+    seed(
+        app,
+        "gitlab",
+        vec![
+            tool("searchIssues", "Find issues in a project."),
+            tool("read_file", "Read one file from a repository!"),
+        ],
+    )
+    .await;
+    let (s, body) = app
+        .post(
+            "/v1/virtual-servers",
+            json!({"name": "dev", "tools": [
+                {"mcp_server": "github", "tool": "search_issues"},
+                {"mcp_server": "github", "tool": "get.file", "expose_as": "gh.get.file"},
+                {"mcp_server": "gitlab", "tool": "searchIssues"},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+
+    let unused = |body: &Value| -> Vec<String> {
+        body["exposed_unused"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                format!(
+                    "{}/{}/{}",
+                    u["virtual_server"].as_str().unwrap(),
+                    u["mcp_server"].as_str().unwrap(),
+                    u["exposed_as"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let (s, body) = app.get("/v1/usage/unused?since=7d").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        unused(&body),
+        [
+            "dev/github/gh.get.file",
+            "dev/github/search_issues",
+            "dev/gitlab/searchIssues"
+        ]
+    );
+    let not: Vec<&str> = body["not_exposed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tool"].as_str().unwrap())
+        .collect();
+    assert_eq!(not, ["admin_only", "read_file"], "{body}");
+    let dups = body["possible_duplicates"].as_array().unwrap();
+    assert!(
+        dups.iter().any(|g| g["reason"] == "same_name"
+            && g["tools"] == json!([{"mcp_server": "github", "tool": "search_issues"}, {"mcp_server": "gitlab", "tool": "searchIssues"}])),
+        "{body}"
+    );
+    assert!(
+        dups.iter().any(|g| g["reason"] == "same_description"
+            && g["tools"] == json!([{"mcp_server": "github", "tool": "get.file"}, {"mcp_server": "gitlab", "tool": "read_file"}])),
+        "{body}"
+    );
+
+    // A call to the renamed tool (its stat segment is gh_get_file) takes it off the list.
+    let now = Utc::now();
+    ingest(
+        app,
+        report(
+            "gw",
+            now,
+            tool_families(
+                "dev",
+                "github",
+                "gh_get_file",
+                &Flush {
+                    calls: 1,
+                    last_call_ts: now.timestamp(),
+                    ..Default::default()
+                },
+            ),
+        ),
+    )
+    .await;
+    let (_, body) = app.get("/v1/usage/unused?since=7d").await;
+    assert_eq!(
+        unused(&body),
+        ["dev/github/search_issues", "dev/gitlab/searchIssues"]
+    );
+    let (_, tools) = app.get("/v1/usage/tools").await;
+    assert_eq!(
+        item(&tools, "dev", "gh_get_file")["upstream_tool"],
+        "get.file"
+    );
+}
