@@ -54,6 +54,8 @@ fn demo_vs(tools: &[(&str, Option<&str>)]) -> Value {
     json!({
         "name": "demo",
         "description": "e2e",
+        // Tokens are tested in tests/tokens.rs; these tests are about the catalog reaching Envoy.
+        "anonymous": true,
         "tools": tools.iter().map(|(t, alias)| match alias {
             Some(a) => json!({"mcp_server": "everything", "tool": t, "expose_as": a}),
             None => json!({"mcp_server": "everything", "tool": t}),
@@ -300,7 +302,7 @@ async fn a_change_through_one_replica_reaches_the_envoy_of_another() {
     cp_a.ok(
         Method::PUT,
         "/v1/virtual-servers/demo",
-        Some(&json!({"name": "demo", "tools": [{"mcp_server": "everything", "tool": "add"}]})),
+        Some(&json!({"name": "demo", "anonymous": true, "tools": [{"mcp_server": "everything", "tool": "add"}]})),
     )
     .await
     .unwrap();

@@ -46,7 +46,8 @@ async fn propagation(
         if with_echo {
             tools.push(json!({"mcp_server": "everything", "tool": "echo"}));
         }
-        json!({"name": "bench", "tools": tools})
+        // Anonymous: the bench measures policy propagation, not tokens.
+        json!({"name": "bench", "anonymous": true, "tools": tools})
     };
     cp.ok(Method::POST, "/v1/virtual-servers", Some(&vs(true)))
         .await?;
