@@ -314,8 +314,14 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
     };
     let vs = policy.virtual_server(vs_name);
     let denied = |reason: Reason, status: u16, message: &str| {
+        // An empty body is a JSON parse error like any other malformed body.
+        let code = if reason == Reason::MalformedJson {
+            codes::PARSE_ERROR
+        } else {
+            codes::INVALID_REQUEST
+        };
         HeadDecision::Deny(Deny {
-            reply: reply(None, codes::INVALID_REQUEST, message, status),
+            reply: reply(None, code, message, status),
             reason,
             vs: vs.map(|v| v.index),
             method: None,

@@ -413,8 +413,11 @@ impl Flow {
             return;
         }
         call.done = true;
+        // A response already seen for the request id decides the outcome, even if the stream
+        // then ends early (clients such as the Python SDK stop reading once they have it).
+        let seen = call.observer.as_ref().and_then(CallObserver::verdict);
         let body_error = call.observer.as_mut().is_some_and(CallObserver::finish);
-        let error = call.status_error || !complete || body_error;
+        let error = call.status_error || body_error || (seen.is_none() && !complete);
         let tool = call.tool;
         if error {
             self.stats.push(tool_op(&tool, ToolMetric::Errors, 1));

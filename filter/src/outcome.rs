@@ -123,6 +123,13 @@ impl CallObserver {
 
     /// The body ended: was the call an error? (`false` if the response could not be read, for
     /// example a JSON body over the cap.)
+    /// The verdict, if the response for the request id has already been seen: `Some(true)` for
+    /// an error (JSON-RPC `error` or `isError: true`), `Some(false)` for a success.
+    pub fn verdict(&self) -> Option<bool> {
+        self.verdict
+    }
+
+    /// Decide from what was seen (idempotent): `true` if the response is an error.
     pub fn finish(&mut self) -> bool {
         if let Some(v) = self.verdict {
             return v;

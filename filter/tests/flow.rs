@@ -937,6 +937,36 @@ fn a_response_that_never_completes_is_an_error() {
 }
 
 #[test]
+fn a_response_already_seen_decides_even_if_the_stream_then_breaks() {
+    // The client got its successful response and left before the stream ended: a success.
+    let ok = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#;
+    let mut flow = forwarded_call();
+    flow.on_response_headers(200, Some("text/event-stream"), false, 1_000_001);
+    flow.on_response_body(format!("data: {ok}\n\n").as_bytes(), false, 1_000_020);
+    flow.on_done(1_000_030);
+    assert_eq!(take(&mut flow), vec![latency(30)]);
+    // Same with an error response: still an error.
+    let err = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"isError":true}}"#;
+    let mut flow = forwarded_call();
+    flow.on_response_headers(200, Some("text/event-stream"), false, 1_000_001);
+    flow.on_response_body(format!("data: {err}\n\n").as_bytes(), false, 1_000_020);
+    flow.on_done(1_000_030);
+    assert_eq!(take(&mut flow), vec![errors(), latency(30)]);
+}
+
+#[test]
+fn an_empty_body_is_a_parse_error() {
+    let mut head = post("/servers/demo/mcp");
+    head.end_of_stream = true;
+    let mut flow = Flow::new(policy());
+    let action = flow.on_request_headers(&head, 1_000_000);
+    let (status, body) = denial(&action);
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], -32700, "{body}");
+    assert_eq!(body["id"], Value::Null);
+}
+
+#[test]
 fn list_responses_are_filtered_as_json_and_as_sse() {
     let list_request = r#"{"jsonrpc":"2.0","id":"L","method":"tools/list"}"#;
     let upstream = r#"{"jsonrpc":"2.0","id":"L","result":{"tools":[{"name":"echo"},{"name":"add_numbers"},{"name":"printEnv"}],"nextCursor":"n2"}}"#;
