@@ -799,6 +799,198 @@ pub async fn tokens(opts: &ClientOpts, cmd: TokensCmd) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `toolmesh usage …`
+#[derive(Debug, clap::Subcommand)]
+pub enum UsageCmd {
+    /// Calls, errors, denials, latency and last call per tool, summed over every Envoy.
+    Tools {
+        /// Start of the window: a duration before now (`30m`, `24h`, `7d`) or RFC 3339.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Only this virtual server.
+        #[arg(long)]
+        virtual_server: Option<String>,
+        /// Only this MCP server.
+        #[arg(long)]
+        mcp_server: Option<String>,
+        /// `calls`, `errors`, `denied`, `p99` or `last_called`.
+        #[arg(long, default_value = "calls")]
+        sort: String,
+    },
+    /// The same per virtual server.
+    #[command(name = "virtual-servers")]
+    VirtualServers {
+        /// Start of the window.
+        #[arg(long, default_value = "24h")]
+        since: String,
+    },
+    /// Exposed tools nobody called, tools no virtual server exposes, possible duplicates.
+    Unused {
+        /// Start of the window.
+        #[arg(long, default_value = "24h")]
+        since: String,
+    },
+}
+
+fn ms(v: &Value, ptr: &str) -> String {
+    v.pointer(ptr)
+        .and_then(Value::as_f64)
+        .map_or_else(|| "-".into(), |x| format!("{x}"))
+}
+
+/// Run a `toolmesh usage` command.
+pub async fn usage(opts: &ClientOpts, cmd: UsageCmd) -> Result<(), CliError> {
+    let c = Client::new(opts);
+    let out = match cmd {
+        UsageCmd::Tools {
+            since,
+            virtual_server,
+            mcp_server,
+            sort,
+        } => {
+            let mut q = vec![("since", since), ("sort", sort)];
+            q.extend(virtual_server.map(|v| ("virtual_server", v)));
+            q.extend(mcp_server.map(|v| ("mcp_server", v)));
+            let v = c.get("/v1/usage/tools", &q).await?;
+            let rows: Vec<Vec<String>> = v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    vec![
+                        s(t, "/virtual_server"),
+                        s(t, "/mcp_server"),
+                        s(t, "/tool"),
+                        s(t, "/calls"),
+                        s(t, "/errors"),
+                        s(t, "/denied"),
+                        ms(t, "/p50_ms"),
+                        ms(t, "/p95_ms"),
+                        ms(t, "/p99_ms"),
+                        s(t, "/last_called"),
+                    ]
+                })
+                .collect();
+            let t = table(
+                &[
+                    "VIRTUAL SERVER",
+                    "MCP SERVER",
+                    "TOOL",
+                    "CALLS",
+                    "ERRORS",
+                    "DENIED",
+                    "P50 MS",
+                    "P95 MS",
+                    "P99 MS",
+                    "LAST CALLED",
+                ],
+                &rows,
+            );
+            (v, t)
+        }
+        UsageCmd::VirtualServers { since } => {
+            let v = c
+                .get("/v1/usage/virtual-servers", &[("since", since)])
+                .await?;
+            let rows: Vec<Vec<String>> = v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    vec![
+                        s(t, "/virtual_server"),
+                        s(t, "/requests"),
+                        s(t, "/calls"),
+                        s(t, "/errors"),
+                        s(t, "/denied"),
+                        s(t, "/tools_called"),
+                        ms(t, "/p99_ms"),
+                        s(t, "/last_called"),
+                    ]
+                })
+                .collect();
+            let t = table(
+                &[
+                    "VIRTUAL SERVER",
+                    "REQUESTS",
+                    "CALLS",
+                    "ERRORS",
+                    "DENIED",
+                    "TOOLS CALLED",
+                    "P99 MS",
+                    "LAST CALLED",
+                ],
+                &rows,
+            );
+            (v, t)
+        }
+        UsageCmd::Unused { since } => {
+            let v = c.get("/v1/usage/unused", &[("since", since)]).await?;
+            let list = |key: &str| v[key].as_array().cloned().unwrap_or_default();
+            let unused: Vec<Vec<String>> = list("exposed_unused")
+                .iter()
+                .map(|t| {
+                    vec![
+                        s(t, "/virtual_server"),
+                        s(t, "/mcp_server"),
+                        s(t, "/tool"),
+                        s(t, "/exposed_as"),
+                        s(t, "/last_called"),
+                    ]
+                })
+                .collect();
+            let not_exposed: Vec<Vec<String>> = list("not_exposed")
+                .iter()
+                .map(|t| {
+                    vec![
+                        s(t, "/mcp_server"),
+                        s(t, "/tool"),
+                        if t["enabled"] == json!(true) {
+                            "enabled".into()
+                        } else {
+                            "disabled".into()
+                        },
+                        truncate(&s(t, "/description"), 60),
+                    ]
+                })
+                .collect();
+            let dups: Vec<Vec<String>> = list("possible_duplicates")
+                .iter()
+                .map(|g| {
+                    let tools: Vec<String> = g["tools"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|t| format!("{}/{}", s(t, "/mcp_server"), s(t, "/tool")))
+                        .collect();
+                    vec![s(g, "/reason"), tools.join(", ")]
+                })
+                .collect();
+            let mut t = format!("Exposed but not called since {}:\n", s(&v, "/since"));
+            t.push_str(&table(
+                &[
+                    "VIRTUAL SERVER",
+                    "MCP SERVER",
+                    "TOOL",
+                    "EXPOSED AS",
+                    "LAST CALLED",
+                ],
+                &unused,
+            ));
+            t.push_str("\nIn no virtual server:\n");
+            t.push_str(&table(
+                &["MCP SERVER", "TOOL", "STATE", "DESCRIPTION"],
+                &not_exposed,
+            ));
+            t.push_str("\nPossible duplicates:\n");
+            t.push_str(&table(&["WHY", "TOOLS"], &dups));
+            (v, t)
+        }
+    };
+    emit(opts, out);
+    Ok(())
+}
+
 fn emit(opts: &ClientOpts, (json, text): (Value, String)) {
     if opts.json {
         print_json(&json);

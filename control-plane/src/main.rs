@@ -1,7 +1,7 @@
 //! `toolmesh` binary: parses flags, sets up logging, and calls into the library.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use toolmesh::cli::{ClientOpts, McpServersCmd, TokensCmd, ToolsCmd, VirtualServersCmd};
+use toolmesh::cli::{ClientOpts, McpServersCmd, TokensCmd, ToolsCmd, UsageCmd, VirtualServersCmd};
 use toolmesh::{ServeConfig, StoreConfig};
 
 #[derive(Debug, Parser)]
@@ -63,6 +63,13 @@ enum Command {
         #[command(subcommand)]
         cmd: TokensCmd,
     },
+    /// Tool usage across every Envoy: most called, errors, latency, unused tools.
+    Usage {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        cmd: UsageCmd,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +125,9 @@ async fn main() -> std::process::ExitCode {
         Command::Tokens { client, cmd } => toolmesh::cli::tokens(&client, cmd)
             .await
             .map_err(Into::into),
+        Command::Usage { client, cmd } => {
+            toolmesh::cli::usage(&client, cmd).await.map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -374,9 +374,13 @@ async fn windows_filters_and_sorting(app: &TestApp) {
     assert_eq!(names(&body), ["other"]);
     let (_, body) = app.get("/v1/usage/tools?since=1h&sort=errors").await;
     assert_eq!(names(&body), ["slow", "other", "fast"]);
-    let (_, body) = app.get("/v1/usage/tools?since=1h&sort=p99&order=desc").await;
+    let (_, body) = app
+        .get("/v1/usage/tools?since=1h&sort=p99&order=desc")
+        .await;
     assert_eq!(names(&body)[0], "slow");
-    let (_, body) = app.get("/v1/usage/tools?since=1h&sort=calls&order=asc").await;
+    let (_, body) = app
+        .get("/v1/usage/tools?since=1h&sort=calls&order=asc")
+        .await;
     assert_eq!(names(&body), ["slow", "other", "fast"]);
     let (_, body) = app.get("/v1/usage/virtual-servers?since=4h").await;
     let vs: Vec<&str> = body["items"]
@@ -627,4 +631,118 @@ async fn unused_tools_and_possible_duplicates(app: &TestApp) {
         item(&tools, "dev", "gh_get_file")["upstream_tool"],
         "get.file"
     );
+}
+
+/// `toolmesh usage tools|virtual-servers|unused` against a live API (the binary, as a user runs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_prints_usage_and_unused() {
+    let app = TestApp::sqlite().await;
+    seed(
+        &app,
+        "everything",
+        vec![
+            tool("echo", "Echo the message back to the caller."),
+            tool("add", "Add two integers."),
+        ],
+    )
+    .await;
+    let (s, body) = app
+        .post(
+            "/v1/virtual-servers",
+            json!({"name": "demo", "tools": [{"mcp_server": "everything", "tool": "echo"}, {"mcp_server": "everything", "tool": "add"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let now = Utc::now();
+    let mut latency = [0; 20];
+    latency[2] = 4;
+    ingest(
+        &app,
+        report(
+            "gw",
+            now,
+            tool_families(
+                "demo",
+                "everything",
+                "echo",
+                &Flush {
+                    calls: 4,
+                    errors: 1,
+                    latency,
+                    last_call_ts: now.timestamp(),
+                    ..Default::default()
+                },
+            ),
+        ),
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let router = app.router.clone();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolmesh"))
+            .args(args)
+            .args(["--api-url", &api, "--token", common::TOKEN])
+            .output()
+            .expect("run toolmesh");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let tools = run(&["usage", "tools", "--since", "1h"]);
+    let line = tools
+        .lines()
+        .find(|l| l.starts_with("demo"))
+        .unwrap_or_else(|| panic!("{tools}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        &cols[..6],
+        ["demo", "everything", "echo", "4", "1", "0"],
+        "{tools}"
+    );
+    let json: Value =
+        serde_json::from_str(&run(&["usage", "tools", "--json", "--sort", "errors"])).unwrap();
+    assert_eq!(json["items"][0]["calls"], 4);
+    let vs = run(&["usage", "virtual-servers"]);
+    assert!(vs.lines().any(|l| l.starts_with("demo")), "{vs}");
+    let unused = run(&["usage", "unused", "--since", "7d"]);
+    assert!(unused.contains("Exposed but not called"), "{unused}");
+    assert!(
+        unused
+            .lines()
+            .any(|l| l.starts_with("demo") && l.contains(" add ")),
+        "{unused}"
+    );
+    assert!(
+        !unused
+            .lines()
+            .any(|l| l.starts_with("demo") && l.contains(" echo ")),
+        "{unused}"
+    );
+    let json: Value = serde_json::from_str(&run(&["usage", "unused", "--json"])).unwrap();
+    assert_eq!(json["exposed_unused"][0]["tool"], "add");
+    // A bad window is the API's 400, named.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolmesh"))
+        .args([
+            "usage",
+            "tools",
+            "--since",
+            "yesterday",
+            "--api-url",
+            &api,
+            "--token",
+            common::TOKEN,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("since"),
+        "{out:?}"
+    );
+    server.abort();
 }
