@@ -390,3 +390,102 @@ both_backends!(
     rotation_keeps_old_tokens_verifiable,
     anonymous_virtual_servers_reach_the_policy,
 );
+
+/// Run the `toolmesh` CLI; returns (success, stdout, stderr).
+async fn cli(api: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_toolmesh"))
+        .args(args)
+        .env("TOOLMESH_API_URL", api)
+        .env("TOOLMESH_ADMIN_TOKEN", common::TOKEN)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("CLI ran");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `toolmesh tokens create|list|revoke|rotate-key` against a live server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_cli_against_a_live_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = toolmesh::ServeConfig::with_data_dir(dir.path());
+    config.admin_token = Some(common::TOKEN.into());
+    config.api_port = 0;
+    config.discovery_interval_secs = 0;
+    config.discovery_watch = false;
+    config.xds_port = 0;
+    let state = toolmesh::build_state(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        toolmesh::serve(state, listener, &config, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let (ok, out, err) = cli(&api, &["virtual-servers", "create", "team-a"]).await;
+    assert!(ok, "{out}{err}");
+
+    let (ok, out, err) = cli(
+        &api,
+        &[
+            "tokens",
+            "create",
+            "ci agent",
+            "--virtual-server",
+            "team-a",
+            "--expires-in",
+            "600",
+            "--source-cidr",
+            "10.0.0.0/8",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap_or_else(|| panic!("no token line: {out}"));
+    assert_eq!(token.split('.').count(), 3, "{out}");
+    assert!(out.contains("shown only now"), "{out}");
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap()
+        .to_string();
+
+    let (ok, out, _) = cli(&api, &["tokens", "list"]).await;
+    assert!(ok);
+    assert!(
+        out.contains(&id) && out.contains("team-a") && out.contains("10.0.0.0/8"),
+        "{out}"
+    );
+    assert!(out.contains("active") && !out.contains(token), "{out}");
+
+    let (ok, out, err) = cli(&api, &["tokens", "revoke", &id]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("revoked token"), "{out}");
+    let (_, out, _) = cli(&api, &["tokens", "list", "--json"]).await;
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["items"][0]["status"], "revoked", "{v}");
+
+    let (ok, out, err) = cli(&api, &["tokens", "rotate-key"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("new signing key"), "{out}");
+
+    // The API's message, naming the field, and a failing exit.
+    let (ok, _, err) = cli(&api, &["tokens", "create", "x", "--virtual-server", "nope"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("virtual_servers[0]") && err.contains("unknown virtual server 'nope'"),
+        "{err}"
+    );
+    let _ = stop.send(());
+    let _ = server.await;
+}
