@@ -637,3 +637,65 @@ fn log_stream_error(id: u64, status: &Status) {
         tracing::warn!(stream = id, code = ?status.code(), reason = %status.message(), "ADS stream failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{Counter, Gauge, Metric};
+
+    fn family(name: &str, metric: Metric) -> MetricFamily {
+        MetricFamily {
+            name: Some(name.into()),
+            metric: vec![metric],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reports_keep_toolmesh_stats_and_uptime_only() {
+        let counter = Metric {
+            counter: Some(Counter {
+                value: Some(3.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let msg = StreamMetricsMessage {
+            identifier: None,
+            envoy_metrics: vec![
+                family("wasmcustom.toolmesh.tool.calls", counter.clone()),
+                family("toolmesh.vs.demo.rq.tools_call", counter.clone()),
+                family("wasmcustom.other.thing", counter.clone()),
+                family("cluster.upstream_rq_total", counter.clone()),
+                family(
+                    UPTIME_STAT,
+                    Metric {
+                        gauge: Some(Gauge { value: Some(42.0) }),
+                        ..Default::default()
+                    },
+                ),
+            ],
+        };
+        let bytes = msg.encoded_len();
+        let at = Utc::now();
+        let r = reduce_metrics_message(msg, 7, "gw-1", "toolmesh", at);
+        let names: Vec<&str> = r
+            .families
+            .iter()
+            .filter_map(|f| f.name.as_deref())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "wasmcustom.toolmesh.tool.calls",
+                "toolmesh.vs.demo.rq.tools_call"
+            ]
+        );
+        assert_eq!(r.uptime_s, Some(42.0));
+        assert_eq!((r.families_total, r.message_bytes), (5, bytes));
+        assert_eq!(
+            (r.stream_id, r.node_id.as_str(), r.received_at),
+            (7, "gw-1", at)
+        );
+    }
+}
