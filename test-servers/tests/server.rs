@@ -42,6 +42,8 @@ impl ClientHandler for Recorder {
 }
 
 async fn connect(url: &str) -> RunningService<RoleClient, Recorder> {
+    // reqwest 0.13 may be built without a default TLS provider (see Cargo.toml).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Recorder::default()
         .serve(StreamableHttpClientTransport::from_uri(url.to_owned()))
         .await
