@@ -377,9 +377,27 @@ fn start_demo(cfg: &UpConfig, token: &str, line: &mut String) -> Result<Option<P
     if status != 201 {
         bail!("creating the demo virtual server failed ({status}): {body}");
     }
+    // Virtual servers need a token by default: make one for the demo.
+    let (status, body) = http(
+        cfg.api_port,
+        "POST",
+        "/v1/tokens",
+        Some(token),
+        Some(
+            r#"{"name":"demo","virtual_servers":["demo"],"description":"made by cargo xtask up"}"#,
+        ),
+    )?;
+    if status != 201 {
+        bail!("creating the demo token failed ({status}): {body}");
+    }
+    let jwt = body
+        .split("\"token\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("the token API did not return a token")?;
     *line = format!(
-        "demo:            MCP server {url} → http://127.0.0.1:{}/servers/demo/mcp (tools echo, add_numbers, slow)",
-        cfg.mcp_port
+        "demo:            MCP server {url} → http://127.0.0.1:{port}/servers/demo/mcp (tools echo, add_numbers, slow)\n  demo token:      {jwt}\n  try:             .tools/venv/bin/python tests/clients/py_client.py http://127.0.0.1:{port}/servers/demo/mcp '[{{\"op\":\"list_tools\"}}]' --header 'Authorization: Bearer {jwt}'",
+        port = cfg.mcp_port
     );
     Ok(Some(proc))
 }
