@@ -158,6 +158,8 @@ pub struct Reply {
     pub status: u16,
     /// JSON-RPC error message.
     pub body: Vec<u8>,
+    /// `WWW-Authenticate` header (token refusals only).
+    pub www_authenticate: Option<String>,
 }
 
 /// Where and how to forward an allowed request.
@@ -278,6 +280,7 @@ fn reply(id: Option<&Id>, code: i64, message: &str, status_without_id: u16) -> R
     Reply {
         status: if id.is_some() { 200 } else { status_without_id },
         body: jsonrpc::error_body(id, code, message),
+        www_authenticate: None,
     }
 }
 
@@ -286,6 +289,7 @@ fn deny_global(reason: Reason, status: u16, code: i64, message: &str, id: Option
         reply: Reply {
             status,
             body: jsonrpc::error_body(id, code, message),
+            www_authenticate: None,
         },
         reason,
         vs: None,
@@ -495,6 +499,15 @@ pub fn trailers_refused(pending: &Pending) -> Deny {
         vs: pending.vs,
         method: None,
         tool: None,
+    }
+}
+
+/// The JSON-RPC id of a body, when it can be read (for answering a refused request).
+pub fn request_id(body: &[u8]) -> Option<Id> {
+    match jsonrpc::parse(body) {
+        Ok(m) => m.id,
+        Err(ParseError::Invalid { id, .. } | ParseError::DuplicateKey { id, .. }) => id,
+        Err(_) => None,
     }
 }
 

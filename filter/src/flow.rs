@@ -8,6 +8,7 @@
 
 use std::rc::Rc;
 
+use crate::auth::{AUTH_ERROR_CODE, Refusal, TokenFacts};
 use crate::decide::{
     BodyDecision, Deny, Forward, HeadDecision, Pending, Reply, RequestHead, Route, ToolRef,
     body_too_large, decide_body, decide_head, trailers_refused,
@@ -69,6 +70,8 @@ const PASS: ResponseHeadersAction = ResponseHeadersAction {
 enum Phase {
     Start,
     ReadingBody(Pending),
+    /// Refused for its token; reading the body only to answer with the request id.
+    Refused(Refusal, Option<usize>),
     Denied,
     Forwarded,
 }
@@ -102,6 +105,7 @@ pub struct Flow {
     call: Option<Call>,
     list: Option<List>,
     response_mode: ResponseBodyMode,
+    refusal: Option<Refusal>,
 }
 
 impl Flow {
@@ -115,6 +119,71 @@ impl Flow {
             call: None,
             list: None,
             response_mode: ResponseBodyMode::Pass,
+            refusal: None,
+        }
+    }
+
+    /// The virtual server whose token check a request for `path` needs: `None` when the
+    /// policy checks no tokens, the path is not an MCP endpoint, or the virtual server is
+    /// anonymous. The shell then reads the [`TokenFacts`] and calls [`Flow::check_token`].
+    pub fn token_check_for<'p>(&self, path: &'p str) -> Option<&'p str> {
+        let auth = self.policy.auth.as_ref()?;
+        let (vs, _) = crate::decide::parse_path(path)?;
+        auth.requires_token(vs).then_some(vs)
+    }
+
+    /// Check the token for virtual server `vs` (before [`Flow::on_request_headers`], which
+    /// then refuses the request if the check failed).
+    pub fn check_token(&mut self, vs: &str, facts: &TokenFacts, now_s: u64) {
+        self.refusal = self
+            .policy
+            .auth
+            .as_ref()
+            .and_then(|a| a.check(vs, facts, now_s));
+    }
+
+    /// The answer to a GET of the protected resource metadata (RFC 9728), if `path` is one.
+    pub fn metadata_document(&self, method: &str, path: &str) -> Option<Vec<u8>> {
+        if method != "GET" {
+            return None;
+        }
+        let auth = self.policy.auth.as_ref()?;
+        auth.metadata_document(path, |vs| self.policy.virtual_server(vs).is_some())
+    }
+
+    fn refuse(&mut self, r: Refusal, vs: Option<usize>, id: Option<&Id>) -> RequestAction {
+        self.deny(Deny {
+            reply: Reply {
+                status: r.status,
+                body: crate::jsonrpc::error_body(id, AUTH_ERROR_CODE, &r.message),
+                www_authenticate: Some(r.www_authenticate),
+            },
+            reason: r.reason,
+            vs,
+            method: None,
+            tool: None,
+        })
+    }
+
+    /// After a failed token check: refuse now (no body), or read the body for its id.
+    fn refuse_head(&mut self, r: Refusal, head: &RequestHead<'_>) -> RequestAction {
+        let vs = crate::decide::parse_path(head.path)
+            .and_then(|(name, _)| self.policy.virtual_server(name))
+            .map(|v| v.index);
+        if head.method == "POST" && !head.end_of_stream {
+            self.phase = Phase::Refused(r, vs);
+            return RequestAction::ReadBody;
+        }
+        self.refuse(r, vs, None)
+    }
+
+    fn take_refused(&mut self) -> Option<(Refusal, Option<usize>)> {
+        match std::mem::replace(&mut self.phase, Phase::Denied) {
+            Phase::Refused(r, vs) => Some((r, vs)),
+            other => {
+                self.phase = other;
+                None
+            }
         }
     }
 
@@ -140,7 +209,7 @@ impl Flow {
 
     /// Is the flow waiting for the request body?
     pub fn wants_request_body(&self) -> bool {
-        matches!(self.phase, Phase::ReadingBody(_))
+        matches!(self.phase, Phase::ReadingBody(_) | Phase::Refused(..))
     }
 
     /// Does [`Flow::on_response_headers`] need the response headers? (Only forwarded calls
@@ -158,6 +227,9 @@ impl Flow {
     /// The request headers arrived.
     pub fn on_request_headers(&mut self, head: &RequestHead<'_>, now_ms: u64) -> RequestAction {
         self.started_ms = now_ms;
+        if let Some(r) = self.refusal.take() {
+            return self.refuse_head(r, head);
+        }
         match decide_head(&self.policy, head) {
             HeadDecision::Forward(f) => self.forward(f, now_ms),
             HeadDecision::Deny(d) => self.deny(d),
@@ -171,6 +243,13 @@ impl Flow {
     /// Part of the body arrived (`buffered` bytes so far, not yet the end): a reply if the body
     /// is already over the cap.
     pub fn on_request_body_progress(&mut self, buffered: usize) -> Option<Reply> {
+        if matches!(self.phase, Phase::Refused(..)) && buffered > self.policy.max_body_bytes {
+            let (r, vs) = self.take_refused()?;
+            return match self.refuse(r, vs, None) {
+                RequestAction::Deny(reply) => Some(reply),
+                _ => None,
+            };
+        }
         let Phase::ReadingBody(p) = &self.phase else {
             return None;
         };
@@ -187,6 +266,12 @@ impl Flow {
     /// Request trailers arrived while the body was being read: refused (a reply), since the
     /// body never reached its end and the request must not continue undecided.
     pub fn on_request_trailers(&mut self) -> Option<Reply> {
+        if let Some((r, vs)) = self.take_refused() {
+            return match self.refuse(r, vs, None) {
+                RequestAction::Deny(reply) => Some(reply),
+                _ => None,
+            };
+        }
         let Phase::ReadingBody(p) = &self.phase else {
             return None;
         };
@@ -199,6 +284,10 @@ impl Flow {
 
     /// The whole body arrived.
     pub fn on_request_body(&mut self, body: &[u8], now_ms: u64) -> RequestAction {
+        if let Some((r, vs)) = self.take_refused() {
+            let id = crate::decide::request_id(body);
+            return self.refuse(r, vs, id.as_ref());
+        }
         let Phase::ReadingBody(p) = &self.phase else {
             return RequestAction::ReadBody;
         };

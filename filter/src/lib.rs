@@ -62,6 +62,12 @@
 //! | name differs from an allowed one only by case, whitespace or look-alikes | `lookalike` | 200, -32602/-32002 | 403 |
 //! | virtual server without members | `no_member` | 200, -32603 | 503, -32603 |
 //!
+//! Before all of these, when the policy has token checks (`auth`) and the virtual server is not
+//! anonymous, [`auth`] decides on the token Envoy's `jwt_authn` verified: no valid token is
+//! **401** (`unauthenticated`, `token_revoked`), a token for other virtual servers or networks
+//! **403** (`token_scope`, `token_source`), each with `WWW-Authenticate: Bearer
+//! resource_metadata="…"` and a JSON-RPC error (-32001) keeping the request id.
+//!
 //! HTTP 200 with a JSON-RPC error carrying the request id is the only denial form every tested
 //! MCP client survives without losing its session (research notes, section 1.2). Messages name
 //! the item and the virtual server: `Tool 'x' is not allowed on virtual server 'vs'`.
@@ -96,6 +102,7 @@
     )
 )]
 
+pub mod auth;
 pub mod decide;
 pub mod flow;
 pub mod jsonrpc;

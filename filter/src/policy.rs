@@ -28,6 +28,8 @@ pub struct CompiledPolicy {
     tool_stats: Vec<(usize, usize, String)>,
     /// Host metric ids by stat slot (filled by the shell).
     pub metric_ids: MetricIds,
+    /// Token checks, when the snapshot has them.
+    pub auth: Option<crate::auth::CompiledAuth>,
 }
 
 /// One virtual server.
@@ -121,6 +123,7 @@ impl CompiledPolicy {
             virtual_servers,
             tool_stats,
             metric_ids: MetricIds::default(),
+            auth: crate::auth::CompiledAuth::compile(snapshot),
         }
     }
 

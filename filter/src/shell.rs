@@ -34,6 +34,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use toolmesh_proto::PolicySnapshot;
 
+use crate::auth::TokenFacts;
 use crate::decide::RequestHeaders;
 use crate::flow::{Flow, RequestAction, ResponseBodyMode};
 use crate::policy::CompiledPolicy;
@@ -199,14 +200,70 @@ struct Http {
 
 impl Context for Http {}
 
+/// A dynamic property as a string (`None` when absent or not UTF-8).
+fn property(path: &[&str]) -> Option<String> {
+    match hostcalls::get_property(path.to_vec()) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).ok(),
+        _ => None,
+    }
+}
+
+/// What Envoy's `jwt_authn` left in dynamic metadata (see [`crate::auth`]; verified in Envoy
+/// 1.40: a string claim comes back as its bytes), the client's address when the token is
+/// restricted to networks, and the `Authorization` header only when verification failed.
+fn token_facts(pairs: &[(String, Vec<u8>)]) -> TokenFacts {
+    use toolmesh_proto::{
+        CLAIM_SOURCE_CIDRS, CLAIM_VIRTUAL_SERVERS, JWT_FAILURE_KEY, JWT_METADATA_NAMESPACE,
+        JWT_PAYLOAD_KEY,
+    };
+    let claim = |name: &str| {
+        property(&[
+            "metadata",
+            "filter_metadata",
+            JWT_METADATA_NAMESPACE,
+            JWT_PAYLOAD_KEY,
+            name,
+        ])
+    };
+    let mut facts = TokenFacts {
+        jti: claim("jti"),
+        ..TokenFacts::default()
+    };
+    if facts.jti.is_some() {
+        facts.virtual_servers = claim(CLAIM_VIRTUAL_SERVERS);
+        facts.source_cidrs = claim(CLAIM_SOURCE_CIDRS);
+        if facts.source_cidrs.is_some() {
+            facts.source = property(&["source", "address"]);
+        }
+    } else {
+        facts.failure = property(&[
+            "metadata",
+            "filter_metadata",
+            JWT_METADATA_NAMESPACE,
+            JWT_FAILURE_KEY,
+            "message",
+        ]);
+        facts.authorization = pairs
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(str::to_owned);
+    }
+    facts
+}
+
 impl Http {
     fn reply(&mut self, status: u16, body: &[u8]) -> Action {
+        self.reply_with(status, body, None)
+    }
+
+    fn reply_with(&mut self, status: u16, body: &[u8], www_authenticate: Option<&str>) -> Action {
         self.replied = true;
-        if let Err(e) = hostcalls::send_http_response(
-            u32::from(status),
-            vec![("content-type", "application/json")],
-            Some(body),
-        ) {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(w) = www_authenticate {
+            headers.push(("www-authenticate", w));
+        }
+        if let Err(e) = hostcalls::send_http_response(u32::from(status), headers, Some(body)) {
             error!("toolmesh: cannot send local reply: {e:?}");
         }
         Action::Pause
@@ -228,7 +285,9 @@ impl Http {
         apply_stats(&mut self.flow);
         match action {
             RequestAction::ReadBody => Action::Pause,
-            RequestAction::Deny(r) => self.reply(r.status, &r.body),
+            RequestAction::Deny(r) => {
+                self.reply_with(r.status, &r.body, r.www_authenticate.as_deref())
+            }
             RequestAction::Forward(route) => {
                 let headers = MapType::HttpRequestHeaders;
                 if let Some(body) = &route.body {
@@ -277,9 +336,18 @@ impl HttpContext for Http {
                 return self.internal_error(&format!("cannot remove {name}: {e:?}"));
             }
         }
-        let action = self
-            .flow
-            .on_request_headers(&headers.head(end_of_stream), now_ms());
+        let head = headers.head(end_of_stream);
+        if head.path.starts_with(crate::auth::METADATA_PREFIX)
+            && let Some(doc) = self.flow.metadata_document(head.method, head.path)
+        {
+            return self.reply(200, &doc);
+        }
+        let now = now_ms();
+        if let Some(vs) = self.flow.token_check_for(head.path) {
+            let facts = token_facts(&pairs);
+            self.flow.check_token(vs, &facts, now / 1000);
+        }
+        let action = self.flow.on_request_headers(&head, now);
         self.apply(action, 0)
     }
 
@@ -289,7 +357,7 @@ impl HttpContext for Http {
         }
         if let Some(reply) = self.flow.on_request_body_progress(body_size) {
             apply_stats(&mut self.flow);
-            return self.reply(reply.status, &reply.body);
+            return self.reply_with(reply.status, &reply.body, reply.www_authenticate.as_deref());
         }
         if !end_of_stream {
             return Action::Pause;
@@ -318,7 +386,7 @@ impl HttpContext for Http {
         match self.flow.on_request_trailers() {
             Some(reply) => {
                 apply_stats(&mut self.flow);
-                self.reply(reply.status, &reply.body)
+                self.reply_with(reply.status, &reply.body, reply.www_authenticate.as_deref())
             }
             None => Action::Continue,
         }

@@ -195,11 +195,19 @@ pub enum Reason {
     UnknownVirtualServer,
     /// The path is not `/servers/{vs}/mcp`.
     BadPath,
+    /// No valid token (missing, malformed, expired, wrongly signed).
+    Unauthenticated,
+    /// The token was revoked.
+    TokenRevoked,
+    /// The token does not open this virtual server.
+    TokenScope,
+    /// The token may not be used from the client's address.
+    TokenSource,
 }
 
 impl Reason {
     /// Every reason, for documentation tests.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 18] = [
         Reason::NotAllowed,
         Reason::Lookalike,
         Reason::MalformedJson,
@@ -214,6 +222,10 @@ impl Reason {
         Reason::NoMember,
         Reason::UnknownVirtualServer,
         Reason::BadPath,
+        Reason::Unauthenticated,
+        Reason::TokenRevoked,
+        Reason::TokenScope,
+        Reason::TokenSource,
     ];
 
     /// The stat name segment.
@@ -233,6 +245,10 @@ impl Reason {
             Reason::NoMember => "no_member",
             Reason::UnknownVirtualServer => "unknown_virtual_server",
             Reason::BadPath => "bad_path",
+            Reason::Unauthenticated => "unauthenticated",
+            Reason::TokenRevoked => "token_revoked",
+            Reason::TokenScope => "token_scope",
+            Reason::TokenSource => "token_source",
         }
     }
 }
