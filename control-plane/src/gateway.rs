@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use toolmesh_xds::{GatewayModel, UpstreamEndpoint, XdsHandle};
 
+use crate::crypto::{SecretKey, headers_context};
 use crate::policy;
 use crate::store::Store;
 
@@ -33,20 +34,35 @@ pub struct PublishedCatalog {
 /// Shared view of the publisher's progress.
 pub type PublishedState = Arc<Mutex<PublishedCatalog>>;
 
-/// Convert the catalog's gateway model to the xDS model.
-pub fn to_xds_model(model: &policy::GatewayModel) -> GatewayModel {
-    GatewayModel {
-        policy: model.policy.clone(),
-        upstreams: model
-            .upstreams
-            .iter()
-            .map(|u| UpstreamEndpoint {
-                mcp_server: u.mcp_server.clone(),
-                cluster: u.cluster.clone(),
-                url: u.url.clone(),
-            })
-            .collect(),
+/// Convert the catalog's gateway model to the xDS model, opening each upstream's sealed
+/// credential headers so Envoy can add them on the way to the MCP server.
+pub fn to_xds_model(model: &policy::GatewayModel, key: &SecretKey) -> Result<GatewayModel, String> {
+    let mut upstreams = Vec::with_capacity(model.upstreams.len());
+    for u in &model.upstreams {
+        let request_headers = match &u.sealed_credentials {
+            None => Vec::new(),
+            Some(sealed) => {
+                let plain = key
+                    .open(&headers_context(&u.mcp_server), sealed)
+                    .map_err(|e| format!("credentials of MCP server {:?}: {e}", u.mcp_server))?;
+                let map: std::collections::BTreeMap<String, String> =
+                    serde_json::from_slice(&plain).map_err(|e| {
+                        format!("credentials of MCP server {:?}: {e}", u.mcp_server)
+                    })?;
+                map.into_iter().collect()
+            }
+        };
+        upstreams.push(UpstreamEndpoint {
+            mcp_server: u.mcp_server.clone(),
+            cluster: u.cluster.clone(),
+            url: u.url.clone(),
+            request_headers,
+        });
     }
+    Ok(GatewayModel {
+        policy: model.policy.clone(),
+        upstreams,
+    })
 }
 
 /// Read the catalog and publish it once.
@@ -55,11 +71,12 @@ pub async fn publish_once(
     xds: &XdsHandle,
     published: &PublishedState,
     public_url: &str,
+    key: &SecretKey,
 ) -> Result<u64, String> {
     let model = policy::gateway_model_with(store, public_url)
         .await
         .map_err(|e| format!("reading the catalog: {e}"))?;
-    xds.publish(&to_xds_model(&model))
+    xds.publish(&to_xds_model(&model, key)?)
         .map_err(|e| format!("building the Envoy configuration: {e}"))?;
     let tools = model
         .policy
@@ -84,11 +101,12 @@ pub fn spawn_publisher(
     xds: XdsHandle,
     published: PublishedState,
     public_url: String,
+    key: Arc<SecretKey>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             versions.borrow_and_update();
-            match publish_once(&store, &xds, &published, &public_url).await {
+            match publish_once(&store, &xds, &published, &public_url, &key).await {
                 Ok(v) => tracing::info!(catalog_version = v, "catalog published to Envoy (xDS)"),
                 Err(e) => {
                     if let Ok(mut p) = published.lock() {

@@ -272,6 +272,7 @@ pub async fn serve(
         xds,
         state.published.clone(),
         config.public_mcp_url.clone(),
+        state.key.clone(),
     );
     let xds_task = tokio::spawn(xds_server.serve(xds_listener, stopped(stop_rx.clone())));
 

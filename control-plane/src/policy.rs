@@ -27,6 +27,10 @@ pub struct UpstreamEndpoint {
     pub url: String,
     /// The transport the upstream speaks.
     pub transport: Transport,
+    /// The upstream's credential headers, still sealed (opened only by the publisher, for the
+    /// Envoy routes); never serialized.
+    #[serde(skip)]
+    pub sealed_credentials: Option<Vec<u8>>,
 }
 
 /// What one virtual server exposes, with the accepted definitions renamed as exposed.
@@ -182,6 +186,7 @@ pub async fn gateway_model_with(
                 cluster: cluster_name(&s.name),
                 url: s.url.clone(),
                 transport: s.transport,
+                sealed_credentials: s.credential_headers.clone(),
             })
             .collect(),
         exposed: exposed_catalog(&dump),

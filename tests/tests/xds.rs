@@ -370,3 +370,74 @@ async fn sqlx_free_admin(base: &str, schema: &str) -> SchemaGuard {
         schema: schema.to_string(),
     }
 }
+
+/// Credentials registered with an MCP server are added by Envoy on the way to it, replacing the
+/// client's own `Authorization` (the MCP spec forbids token passthrough).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_adds_the_upstream_credentials_from_the_catalog() {
+    let envoy_bin = require!(tools::envoy());
+    let wasm = require!(tools::filter_wasm());
+    let upstream = spawn(TestServerConfig {
+        stateful: false,
+        json_response: true,
+        ..TestServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ControlPlaneOptions::new(dir.path(), &wasm);
+    let cp = ControlPlane::start(&opts).await.unwrap();
+    cp.ok(
+        Method::POST,
+        "/v1/mcp-servers",
+        Some(&json!({
+            "name": "everything",
+            "url": upstream.url(),
+            "transport": "streamable-http",
+            "headers": {"Authorization": "Bearer upstream-secret", "X-Api-Key": "k-123"},
+        })),
+    )
+    .await
+    .unwrap();
+    cp.ok(
+        Method::POST,
+        "/v1/virtual-servers",
+        Some(&demo_vs(&[("echo", None)])),
+    )
+    .await
+    .unwrap();
+    let _envoy = envoy_from_bootstrap(&envoy_bin, "gw-cred", opts.xds_port, opts.mcp_port)
+        .await
+        .unwrap();
+    cp.wait_envoys_in_sync(1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}/servers/demo/mcp", opts.mcp_port);
+    let before = upstream.requests().len();
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", "Bearer client-token-must-not-pass")
+        .body(CALL_ECHO)
+        .send()
+        .await
+        .unwrap();
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("\"result\""), "{body}");
+    let seen: Vec<_> = upstream.requests().into_iter().skip(before).collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some("Bearer upstream-secret"),
+        "{seen:?}"
+    );
+    assert_eq!(seen[0].header("x-api-key"), Some("k-123"), "{seen:?}");
+    // The credentials never show in the API.
+    let shown = cp
+        .ok(Method::GET, "/v1/mcp-servers/everything", None)
+        .await
+        .unwrap();
+    assert!(!shown.to_string().contains("upstream-secret"), "{shown}");
+    cp.stop().await;
+}

@@ -30,6 +30,9 @@ pub struct UpstreamEndpoint {
     pub cluster: String,
     /// The MCP endpoint, `http://host[:port]/path` or `https://host[:port]/path`.
     pub url: String,
+    /// Headers Envoy adds to every request to this upstream (the credentials registered in the
+    /// catalog, e.g. `Authorization`), replacing any the client sent.
+    pub request_headers: Vec<(String, String)>,
 }
 
 /// How the gateway is run: fixed for the life of an [`crate::XdsServer`].

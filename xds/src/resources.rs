@@ -283,6 +283,16 @@ pub enum BuildError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A credential header of an upstream cannot be sent by Envoy.
+    #[error(
+        "MCP server {mcp_server:?}: credential header {header:?} is not a valid HTTP header name (or is Host)"
+    )]
+    BadCredentialHeader {
+        /// The MCP server's catalog name.
+        mcp_server: String,
+        /// The header name.
+        header: String,
+    },
     /// Two upstreams share a cluster name.
     #[error("upstreams {first:?} and {second:?} both use cluster {cluster:?}")]
     DuplicateCluster {
@@ -388,6 +398,7 @@ pub fn build_snapshot(
 struct ParsedUpstream {
     cluster: String,
     target: UpstreamTarget,
+    request_headers: Vec<(String, String)>,
 }
 
 fn parse_upstreams(model: &GatewayModel) -> Result<Vec<ParsedUpstream>, BuildError> {
@@ -425,9 +436,22 @@ fn parse_upstreams(model: &GatewayModel) -> Result<Vec<ParsedUpstream>, BuildErr
             url: u.url.clone(),
             source,
         })?;
+        for (name, _) in &u.request_headers {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+            if !valid || name.starts_with(':') || name.eq_ignore_ascii_case("host") {
+                return Err(BuildError::BadCredentialHeader {
+                    mcp_server: u.mcp_server.clone(),
+                    header: name.clone(),
+                });
+            }
+        }
         out.push(ParsedUpstream {
             cluster: u.cluster.clone(),
             target,
+            request_headers: u.request_headers.clone(),
         });
     }
     out.sort_by(|a, b| a.cluster.cmp(&b.cluster));
@@ -688,6 +712,23 @@ fn route_configuration(upstreams: &[ParsedUpstream]) -> RouteConfiguration {
                 ),
                 ..Default::default()
             })),
+            // The upstream's own credentials from the catalog (the client's token never goes
+            // upstream). With `most_specific_header_mutations_wins` these apply after the route
+            // table's removal of `Authorization`, so a credential survives it.
+            request_headers_to_add: u
+                .request_headers
+                .iter()
+                .map(|(k, v)| HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: k.to_ascii_lowercase(),
+                        value: v.clone(),
+                        ..Default::default()
+                    }),
+                    append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
+                        as i32,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         })
         .collect();
@@ -727,6 +768,9 @@ fn route_configuration(upstreams: &[ParsedUpstream]) -> RouteConfiguration {
         // The client's bearer token is for toolmesh only (MCP forbids token passthrough);
         // `jwt_authn` removes a verified one, this removes every other.
         request_headers_to_remove: vec!["authorization".into()],
+        // ...and the routes' own `request_headers_to_add` (the upstream's credentials) apply
+        // after that removal, not before it.
+        most_specific_header_mutations_wins: true,
         // validate_clusters stays off (the RDS default): a cluster added in the same push may
         // still be warming when the route table arrives, and validation would NACK it.
         ..Default::default()

@@ -10,6 +10,7 @@ fn upstream(name: &str, cluster: &str, url: &str) -> UpstreamEndpoint {
         mcp_server: name.into(),
         cluster: cluster.into(),
         url: url.into(),
+        request_headers: vec![],
     }
 }
 

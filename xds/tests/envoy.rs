@@ -278,12 +278,14 @@ fn model(catalog_version: &str, upstream: SocketAddr) -> GatewayModel {
                 mcp_server: "x".into(),
                 cluster: "mcp_x".into(),
                 url: format!("http://{upstream}/mcp"),
+                request_headers: vec![],
             },
             // Never called: proves Envoy accepts the TLS cluster config (SNI, SAN, system roots).
             UpstreamEndpoint {
                 mcp_server: "remote".into(),
                 cluster: "mcp_remote".into(),
                 url: "https://127.0.0.2:9443/mcp".into(),
+                request_headers: vec![],
             },
         ],
     }

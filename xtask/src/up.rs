@@ -334,7 +334,10 @@ fn start_demo(cfg: &UpConfig, token: &str, line: &mut String) -> Result<Option<P
     }
     let mut child = Command::new(root().join("target/release/mcp-test-server"))
         .args(["--port", "0"])
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -142,6 +142,7 @@ fn large_model() -> toolmesh_xds::GatewayModel {
                 mcp_server: format!("srv-{s}"),
                 cluster: format!("mcp_srv-{s}"),
                 url: format!("http://127.0.0.1:{}/mcp", 20000 + s),
+                request_headers: vec![],
             })
             .collect(),
     }
