@@ -130,6 +130,19 @@ pub fn spawn_publisher(
     })
 }
 
+/// Append one metric in the Prometheus text format (`# HELP`, `# TYPE`, the sample).
+pub(crate) fn write_metric(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl std::fmt::Display,
+) {
+    out.push_str(&format!(
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+    ));
+}
+
 /// The control plane's Prometheus exposition: xDS counters, connected Envoys and catalog size.
 pub fn prometheus_text(xds: &XdsHandle, published: &PublishedCatalog) -> String {
     let m = xds.metrics();
@@ -137,7 +150,7 @@ pub fn prometheus_text(xds: &XdsHandle, published: &PublishedCatalog) -> String 
     let in_sync = envoys.iter().filter(|e| e.in_sync).count();
     let with_nack = envoys.iter().filter(|e| e.last_nack.is_some()).count();
     let build_s = m.last_snapshot_build.map_or(0.0, |d| d.as_secs_f64());
-    let rows: [(&str, &str, &str, String); 12] = [
+    let rows: [(&str, &str, &str, String); 14] = [
         (
             "toolmesh_xds_pushes_total",
             "counter",
@@ -210,16 +223,22 @@ pub fn prometheus_text(xds: &XdsHandle, published: &PublishedCatalog) -> String 
             "Tools exposed across all virtual servers",
             published.exposed_tools.to_string(),
         ),
+        (
+            "toolmesh_catalog_virtual_servers",
+            "gauge",
+            "Virtual servers in the policy",
+            published.virtual_servers.to_string(),
+        ),
+        (
+            "toolmesh_catalog_publish_errors_total",
+            "counter",
+            "Failed catalog publishes",
+            published.publish_errors.to_string(),
+        ),
     ];
     let mut out = String::new();
     for (name, kind, help, value) in rows {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
+        write_metric(&mut out, name, kind, help, value);
     }
-    out.push_str(&format!(
-        "# HELP toolmesh_catalog_virtual_servers Virtual servers in the policy\n# TYPE toolmesh_catalog_virtual_servers gauge\ntoolmesh_catalog_virtual_servers {}\n# HELP toolmesh_catalog_publish_errors_total Failed catalog publishes\n# TYPE toolmesh_catalog_publish_errors_total counter\ntoolmesh_catalog_publish_errors_total {}\n",
-        published.virtual_servers, published.publish_errors
-    ));
     out
 }

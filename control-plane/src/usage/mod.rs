@@ -222,10 +222,7 @@ impl Usage {
         ];
         let mut out = String::new();
         for (name, kind, help, v) in rows {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            ));
+            crate::gateway::write_metric(&mut out, name, kind, help, v.load(Ordering::Relaxed));
         }
         out
     }
