@@ -82,6 +82,18 @@ impl Default for TestServerConfig {
     }
 }
 
+impl TestServerConfig {
+    /// Stateless with `application/json` answers: a raw HTTP POST needs no session and gets
+    /// one JSON body back (what gateway tests that speak HTTP directly want).
+    pub fn stateless_json() -> Self {
+        Self {
+            stateful: false,
+            json_response: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// One HTTP request as the test server received it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedRequest {

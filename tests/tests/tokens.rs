@@ -45,13 +45,7 @@ async fn gateway(node: &str) -> Option<Gateway> {
     let wasm = require!(tools::filter_wasm(), None);
     require!(tools::python(), None);
     // Stateless with JSON responses: raw HTTP requests need no session.
-    let upstream = spawn(TestServerConfig {
-        stateful: false,
-        json_response: true,
-        ..TestServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let upstream = spawn(TestServerConfig::stateless_json()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = ControlPlaneOptions::new(dir.path(), &wasm);
     let cp = ControlPlane::start(&opts).await.unwrap();

@@ -122,13 +122,7 @@ async fn control_plane_metric(cp: &ControlPlane, name: &str) -> Option<u64> {
 async fn calls_through_two_envoys_are_counted_once_and_survive_a_restart() {
     let envoy_bin = require!(tools::envoy());
     let wasm = require!(tools::filter_wasm());
-    let upstream = spawn(TestServerConfig {
-        stateful: false,
-        json_response: true,
-        ..TestServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let upstream = spawn(TestServerConfig::stateless_json()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = ControlPlaneOptions::new(dir.path(), &wasm);
     let cp = ControlPlane::start(&opts).await.unwrap();
@@ -237,13 +231,7 @@ async fn calls_through_two_envoys_are_counted_once_and_survive_a_restart() {
 async fn a_gracefully_stopped_envoy_never_double_counts() {
     let envoy_bin = require!(tools::envoy());
     let wasm = require!(tools::filter_wasm());
-    let upstream = spawn(TestServerConfig {
-        stateful: false,
-        json_response: true,
-        ..TestServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let upstream = spawn(TestServerConfig::stateless_json()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = ControlPlaneOptions::new(dir.path(), &wasm);
     let cp = ControlPlane::start(&opts).await.unwrap();

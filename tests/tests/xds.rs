@@ -71,13 +71,7 @@ async fn catalog_changes_reach_envoy_and_survive_a_control_plane_restart() {
     let wasm = require!(tools::filter_wasm());
     require!(tools::python());
     // Stateless with JSON responses, so raw HTTP requests need no session.
-    let upstream = spawn(TestServerConfig {
-        stateful: false,
-        json_response: true,
-        ..TestServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let upstream = spawn(TestServerConfig::stateless_json()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = ControlPlaneOptions::new(dir.path(), &wasm);
     let cp = ControlPlane::start(&opts).await.unwrap();
@@ -246,13 +240,7 @@ async fn a_change_through_one_replica_reaches_the_envoy_of_another() {
     let sep = if base.contains('?') { '&' } else { '?' };
     let db_url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
 
-    let upstream = spawn(TestServerConfig {
-        stateful: false,
-        json_response: true,
-        ..TestServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let upstream = spawn(TestServerConfig::stateless_json()).await.unwrap();
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
     let mut opts_a = ControlPlaneOptions::new(dir_a.path(), &wasm);
@@ -377,13 +365,7 @@ async fn sqlx_free_admin(base: &str, schema: &str) -> SchemaGuard {
 async fn envoy_adds_the_upstream_credentials_from_the_catalog() {
     let envoy_bin = require!(tools::envoy());
     let wasm = require!(tools::filter_wasm());
-    let upstream = spawn(TestServerConfig {
-        stateful: false,
-        json_response: true,
-        ..TestServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let upstream = spawn(TestServerConfig::stateless_json()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = ControlPlaneOptions::new(dir.path(), &wasm);
     let cp = ControlPlane::start(&opts).await.unwrap();

@@ -31,12 +31,7 @@ async fn propagation(
     envoy_bin: &std::path::Path,
     wasm: &std::path::Path,
 ) -> anyhow::Result<String> {
-    let upstream = spawn(TestServerConfig {
-        stateful: false,
-        json_response: true,
-        ..TestServerConfig::default()
-    })
-    .await?;
+    let upstream = spawn(TestServerConfig::stateless_json()).await?;
     let dir = tempfile::tempdir()?;
     let opts = ControlPlaneOptions::new(dir.path(), wasm);
     let cp = ControlPlane::start(&opts).await?;
