@@ -53,8 +53,15 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 }
 
 /// `cargo` as invoked by the user (respects `$CARGO`).
+///
+/// Under `CI=true` incremental compilation is off: a clean clone builds once, and the
+/// incremental caches would only add about a third to the target directory's size on disk.
 pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
+    cmd
 }
 
 /// Where the wasm build puts the filter.

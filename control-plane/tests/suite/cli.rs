@@ -1,7 +1,7 @@
 //! The `toolmesh` binary: `serve` (first start, token, key file, signals) and the catalog CLI
 //! against a real server on a free port.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};

@@ -54,7 +54,7 @@ fn demo_vs(tools: &[(&str, Option<&str>)]) -> Value {
     json!({
         "name": "demo",
         "description": "e2e",
-        // Tokens are tested in tests/tokens.rs; these tests are about the catalog reaching Envoy.
+        // Tokens are tested in tokens.rs; these tests are about the catalog reaching Envoy.
         "anonymous": true,
         "tools": tools.iter().map(|(t, alias)| match alias {
             Some(a) => json!({"mcp_server": "everything", "tool": t, "expose_as": a}),

@@ -2,7 +2,7 @@
 //! that is not MCP, one that never answers, and one that is not there. Runs on SQLite and on
 //! Postgres like the API suite.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

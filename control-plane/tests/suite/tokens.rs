@@ -1,11 +1,11 @@
 //! Tokens and signing keys through the REST API, on SQLite and on Postgres.
 //!
-//! What Envoy and the filter do with the tokens is tested end to end in `tests/tests/tokens.rs`;
+//! What Envoy and the filter do with the tokens is tested end to end in `tests/tests/e2e/tokens.rs`;
 //! here: what is issued (a JWT that verifies against the published JWKS, with the claims the
 //! filter reads), what is stored (never the token), validation naming the field, revocation
 //! reaching the policy, key rotation and the JWKS, and that a token never opens `/v1`.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use common::{TestApp, assert_error};

@@ -3,9 +3,9 @@
 //!
 //! Flushes are built as the metrics service receives them (`MetricsReport` with Prometheus
 //! families named and labelled like Envoy 1.40 sends the filter's stats), so these tests cover
-//! everything after the gRPC stream; `tests/tests/usage.rs` in the e2e crate drives real Envoys.
+//! everything after the gRPC stream; `tests/tests/e2e/usage.rs` in the e2e crate drives real Envoys.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

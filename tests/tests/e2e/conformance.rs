@@ -209,7 +209,7 @@ async fn every_direct_pass_also_passes_through_bare_envoy() {
 /// evil.example.com` and wants a 4xx (today the upstream refuses it, because Envoy forwards the
 /// client's `Host`; once the filter answers `initialize` itself, the filter must refuse it).
 ///
-/// Run alone with `cargo test -p toolmesh-e2e --test conformance through_the_toolmesh_filter --
+/// Run alone with `cargo test -p toolmesh-e2e --test e2e conformance::through_the_toolmesh_filter --
 /// --nocapture` to see the scenario table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_direct_pass_also_passes_through_the_toolmesh_filter() {

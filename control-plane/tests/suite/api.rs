@@ -2,9 +2,9 @@
 //!
 //! Every test runs twice (`<name>::sqlite`, `<name>::postgres`). Catalog items are put in place
 //! with `Store::apply_discovery` and a synthetic discovery result, so these tests do not depend
-//! on a live upstream; `tests/discovery.rs` covers real discovery against the rmcp test servers.
+//! on a live upstream; `discovery.rs` covers real discovery against the rmcp test servers.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

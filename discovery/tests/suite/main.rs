@@ -1,0 +1,7 @@
+//! Discovery against real MCP servers, linked into one test binary (`cargo test -p
+//! toolmesh-discovery --test suite`) so rmcp, reqwest and tokio link once.
+
+mod discovery;
+mod legacy_sse;
+mod raw_fidelity;
+mod watch;
