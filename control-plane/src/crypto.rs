@@ -154,6 +154,24 @@ impl SecretKey {
         out
     }
 
+    /// The key that seals the session ids Envoy's filter gives MCP clients, derived from this
+    /// key (SHA-256 over a fixed label and the key), as the snapshot's base64url secret with its
+    /// key id. Derived rather than stored: every control-plane replica with the same secret key
+    /// publishes the same session key, so sessions survive a control-plane restart and any
+    /// Envoy serves any session; rotating the secret key rotates it.
+    pub fn session_key(&self) -> toolmesh_proto::SessionKey {
+        use sha2::Digest as _;
+        let derived = sha2::Sha256::new()
+            .chain_update(b"toolmesh/session-seal/v1\0")
+            .chain_update(self.0)
+            .finalize();
+        let id = sha2::Sha256::digest(derived);
+        toolmesh_proto::SessionKey {
+            id: hex::encode(&id[..4]),
+            secret: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(derived),
+        }
+    }
+
     /// Open a blob made by [`SecretKey::seal`] with the same `context`.
     pub fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
         if sealed.len() < 1 + NONCE_LEN + 16 || sealed[0] != SEAL_VERSION {

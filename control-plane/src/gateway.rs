@@ -59,10 +59,9 @@ pub fn to_xds_model(model: &policy::GatewayModel, key: &SecretKey) -> Result<Gat
             request_headers,
         });
     }
-    Ok(GatewayModel {
-        policy: model.policy.clone(),
-        upstreams,
-    })
+    let mut policy = model.policy.clone();
+    policy.sessions.keys = vec![key.session_key()];
+    Ok(GatewayModel { policy, upstreams })
 }
 
 /// Read the catalog and publish it once.

@@ -72,6 +72,23 @@ pub fn upstream_path(url: &str) -> String {
     }
 }
 
+/// `host[:port]` of an MCP endpoint URL (empty when the URL has no host).
+pub fn upstream_authority(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => String::new(),
+        },
+        Err(_) => String::new(),
+    }
+}
+
+/// A catalog definition as the snapshot carries it (an object; anything else is dropped).
+fn definition(def: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    def.as_object().cloned().unwrap_or_default()
+}
+
 /// Compile the catalog into the policy snapshot.
 pub fn compile_policy(dump: &CatalogDump) -> PolicySnapshot {
     let urls: BTreeMap<&str, &str> = dump
@@ -86,34 +103,34 @@ pub fn compile_policy(dump: &CatalogDump) -> PolicySnapshot {
             let idx = match members.iter().position(|x| x.mcp_server == m.mcp_server) {
                 Some(i) => i,
                 None => {
-                    members.push(Member {
-                        mcp_server: m.mcp_server.clone(),
-                        cluster: cluster_name(&m.mcp_server),
-                        path: upstream_path(urls.get(m.mcp_server.as_str()).unwrap_or(&"/")),
-                        tools: Vec::new(),
-                        prompts: Vec::new(),
-                        resources: Vec::new(),
-                        resource_templates: Vec::new(),
-                    });
+                    let url = urls.get(m.mcp_server.as_str()).unwrap_or(&"/");
+                    members.push(Member::new(
+                        m.mcp_server.clone(),
+                        cluster_name(&m.mcp_server),
+                        upstream_path(url),
+                        upstream_authority(url),
+                    ));
                     members.len() - 1
                 }
             };
             let member = &mut members[idx];
             match m.kind {
                 ItemKind::Tool => member.tools.push(NamedItem {
-                    name: m.exposed_name().to_string(),
-                    upstream_name: m.item.clone(),
+                    definition: definition(&m.definition),
+                    ..NamedItem::new(m.exposed_name(), m.item.clone())
                 }),
                 ItemKind::Prompt => member.prompts.push(NamedItem {
-                    name: m.exposed_name().to_string(),
-                    upstream_name: m.item.clone(),
+                    definition: definition(&m.definition),
+                    ..NamedItem::new(m.exposed_name(), m.item.clone())
                 }),
                 ItemKind::Resource => member.resources.push(ResourceItem {
-                    uri: m.item.clone(),
+                    definition: definition(&m.definition),
+                    ..ResourceItem::new(m.item.clone())
                 }),
                 ItemKind::ResourceTemplate => {
                     member.resource_templates.push(ResourceTemplateItem {
-                        uri_template: m.item.clone(),
+                        definition: definition(&m.definition),
+                        ..ResourceTemplateItem::new(m.item.clone())
                     })
                 }
             }

@@ -15,10 +15,20 @@
 use serde::{Deserialize, Serialize};
 
 /// The snapshot schema this crate reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: item definitions, member capabilities and authority, session keys, list page size and
+/// allowed hosts (the filter answers `initialize` and the lists itself and seals sessions).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Default cap on a buffered JSON-RPC request body (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: u32 = 1024 * 1024;
+
+/// Default number of items on one page of a list the filter answers (`tools/list`, ...).
+pub const DEFAULT_LIST_PAGE_SIZE: u32 = 100;
+
+/// Default time the filter gives a member MCP server to open its session (`initialize` and
+/// `notifications/initialized`) when a client initializes.
+pub const DEFAULT_MEMBER_TIMEOUT_MS: u32 = 5_000;
 
 /// Everything the filter needs to enforce the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +51,50 @@ pub struct PolicySnapshot {
     /// `jwt_authn` in front of the filter); the control plane always sets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
+    /// How the filter seals the `Mcp-Session-Id` it gives clients. Required when there are
+    /// virtual servers.
+    #[serde(default)]
+    pub sessions: Sessions,
+}
+
+/// The keys that seal session ids, and how member sessions are opened.
+///
+/// A session id the filter mints carries the virtual server, the caller and each member's own
+/// upstream session id, MAC'd with the first key; any key in the list verifies. To rotate: add
+/// the new key first, keep the old one after it until old sessions no longer matter, then drop
+/// it. Every Envoy gets the same keys, so any replica serves any session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sessions {
+    /// Keys, newest (sealing) first.
+    #[serde(default)]
+    pub keys: Vec<SessionKey>,
+    /// How long the filter waits for each member to open its session on `initialize`.
+    #[serde(default = "default_member_timeout_ms")]
+    pub member_timeout_ms: u32,
+}
+
+fn default_member_timeout_ms() -> u32 {
+    DEFAULT_MEMBER_TIMEOUT_MS
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            member_timeout_ms: DEFAULT_MEMBER_TIMEOUT_MS,
+        }
+    }
+}
+
+/// One session-sealing key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionKey {
+    /// Short id written into every session id sealed with this key (1-16 of `A-Za-z0-9`).
+    pub id: String,
+    /// The secret: base64url without padding, at least 32 bytes once decoded.
+    pub secret: String,
 }
 
 /// How callers prove who they are: bearer JWTs signed by the control plane, verified by Envoy's
@@ -84,16 +138,31 @@ pub struct Limits {
     /// Largest JSON-RPC request body the filter buffers and parses; larger bodies are refused.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u32,
+    /// Items per page of the lists the filter answers.
+    #[serde(default = "default_list_page_size")]
+    pub list_page_size: u32,
+    /// Host names (without port) that may appear in `Host` and `Origin` besides the loopback
+    /// names (`localhost`, `127.0.0.1`, `[::1]`) and the host of `auth.public_url`: every other
+    /// value is refused (DNS-rebinding protection; the upstream cannot check once Envoy rewrites
+    /// `Host`). `"*"` allows any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 fn default_max_body_bytes() -> u32 {
     DEFAULT_MAX_BODY_BYTES
 }
 
+fn default_list_page_size() -> u32 {
+    DEFAULT_LIST_PAGE_SIZE
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            list_page_size: DEFAULT_LIST_PAGE_SIZE,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -119,6 +188,13 @@ pub struct Member {
     pub cluster: String,
     /// The HTTP path of the MCP endpoint on the upstream (for example `/mcp`).
     pub path: String,
+    /// `host[:port]` of the upstream, the `:authority` of the calls the filter itself makes to
+    /// it (opening and closing member sessions).
+    pub authority: String,
+    /// The upstream's declared `ServerCapabilities` (from discovery), merged into the virtual
+    /// server's `initialize` answer.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub capabilities: serde_json::Map<String, serde_json::Value>,
     /// Allowed tools.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<NamedItem>,
@@ -142,6 +218,21 @@ pub struct NamedItem {
     pub name: String,
     /// The upstream's own name; equals `name` unless the item is renamed.
     pub upstream_name: String,
+    /// The catalog's accepted definition (`Tool` or `Prompt` object as the upstream listed it);
+    /// the filter lists it with `name` replaced by the exposed name.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub definition: serde_json::Map<String, serde_json::Value>,
+}
+
+impl NamedItem {
+    /// An item exposed as `name`, known upstream as `upstream_name`, with no definition.
+    pub fn new(name: impl Into<String>, upstream_name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            upstream_name: upstream_name.into(),
+            definition: serde_json::Map::new(),
+        }
+    }
 }
 
 /// An allowed static resource.
@@ -150,6 +241,19 @@ pub struct NamedItem {
 pub struct ResourceItem {
     /// The resource URI (exposed unchanged).
     pub uri: String,
+    /// The catalog's `Resource` object.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub definition: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ResourceItem {
+    /// A resource with no definition.
+    pub fn new(uri: impl Into<String>) -> Self {
+        Self {
+            uri: uri.into(),
+            definition: serde_json::Map::new(),
+        }
+    }
 }
 
 /// An allowed resource template.
@@ -158,6 +262,41 @@ pub struct ResourceItem {
 pub struct ResourceTemplateItem {
     /// The URI template, for example `test://template/{id}/data`.
     pub uri_template: String,
+    /// The catalog's `ResourceTemplate` object.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub definition: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ResourceTemplateItem {
+    /// A template with no definition.
+    pub fn new(uri_template: impl Into<String>) -> Self {
+        Self {
+            uri_template: uri_template.into(),
+            definition: serde_json::Map::new(),
+        }
+    }
+}
+
+impl Member {
+    /// A member with nothing allowed yet.
+    pub fn new(
+        mcp_server: impl Into<String>,
+        cluster: impl Into<String>,
+        path: impl Into<String>,
+        authority: impl Into<String>,
+    ) -> Self {
+        Self {
+            mcp_server: mcp_server.into(),
+            cluster: cluster.into(),
+            path: path.into(),
+            authority: authority.into(),
+            capabilities: serde_json::Map::new(),
+            tools: Vec::new(),
+            prompts: Vec::new(),
+            resources: Vec::new(),
+            resource_templates: Vec::new(),
+        }
+    }
 }
 
 /// Why a snapshot was rejected. Each variant names the offending item.
@@ -236,6 +375,18 @@ pub fn is_mcp_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'/'))
 }
 
+/// The decoded length of a base64url string without padding, or `None` if it is not one.
+fn base64url_len(s: &str) -> Option<usize> {
+    if !s
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        || s.len() % 4 == 1
+    {
+        return None;
+    }
+    Some(s.len() * 3 / 4)
+}
+
 impl PolicySnapshot {
     /// An empty snapshot (no virtual servers: every request is refused).
     pub fn empty(catalog_version: impl Into<String>) -> Self {
@@ -246,6 +397,7 @@ impl PolicySnapshot {
             virtual_servers: Vec::new(),
             revoked_token_ids: Vec::new(),
             auth: None,
+            sessions: Sessions::default(),
         }
     }
 
@@ -285,6 +437,51 @@ impl PolicySnapshot {
         if self.limits.max_body_bytes == 0 {
             return Err(PolicyError::Invalid {
                 field: "limits.max_body_bytes".into(),
+                reason: "must be greater than 0".into(),
+            });
+        }
+        if self.limits.list_page_size == 0 {
+            return Err(PolicyError::Invalid {
+                field: "limits.list_page_size".into(),
+                reason: "must be greater than 0".into(),
+            });
+        }
+        for (i, h) in self.limits.allowed_hosts.iter().enumerate() {
+            if h.is_empty() || h.contains(['/', ' ']) {
+                return Err(PolicyError::Invalid {
+                    field: format!("limits.allowed_hosts[{i}]"),
+                    reason: format!("{h:?} is not a host name"),
+                });
+            }
+        }
+        for (i, k) in self.sessions.keys.iter().enumerate() {
+            if k.id.is_empty()
+                || k.id.len() > 16
+                || !k.id.bytes().all(|c| c.is_ascii_alphanumeric())
+            {
+                return Err(PolicyError::Invalid {
+                    field: format!("sessions.keys[{i}].id"),
+                    reason: "must be 1-16 characters of A-Z, a-z, 0-9".into(),
+                });
+            }
+            if base64url_len(&k.secret).is_none_or(|n| n < 32) {
+                return Err(PolicyError::Invalid {
+                    field: format!("sessions.keys[{i}].secret"),
+                    reason: "must be base64url without padding, at least 32 bytes decoded".into(),
+                });
+            }
+        }
+        if !self.virtual_servers.is_empty() && self.sessions.keys.is_empty() {
+            return Err(PolicyError::Invalid {
+                field: "sessions.keys".into(),
+                reason:
+                    "at least one key is needed to seal sessions when there are virtual servers"
+                        .into(),
+            });
+        }
+        if self.sessions.member_timeout_ms == 0 {
+            return Err(PolicyError::Invalid {
+                field: "sessions.member_timeout_ms".into(),
                 reason: "must be greater than 0".into(),
             });
         }
@@ -353,6 +550,12 @@ impl VirtualServer {
                 return Err(PolicyError::Invalid {
                     field: format!("{at}.cluster"),
                     reason: "must not be empty".into(),
+                });
+            }
+            if m.authority.is_empty() || m.authority.contains(['/', ' ', '@']) {
+                return Err(PolicyError::Invalid {
+                    field: format!("{at}.authority"),
+                    reason: format!("{:?} must be host[:port]", m.authority),
                 });
             }
             if !m.path.starts_with('/') {

@@ -11,31 +11,37 @@ fn sample() -> PolicySnapshot {
         virtual_servers: vec![VirtualServer {
             name: "demo".into(),
             members: vec![Member {
-                mcp_server: "everything".into(),
-                cluster: "mcp_everything".into(),
-                path: "/mcp".into(),
+                capabilities: serde_json::json!({"tools": {}, "logging": {}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
                 tools: vec![NamedItem {
-                    name: "add_numbers".into(),
-                    upstream_name: "add".into(),
+                    definition:
+                        serde_json::json!({"name": "add", "inputSchema": {"type": "object"}})
+                            .as_object()
+                            .cloned()
+                            .unwrap(),
+                    ..NamedItem::new("add_numbers", "add")
                 }],
-                prompts: vec![NamedItem {
-                    name: "greet".into(),
-                    upstream_name: "greet".into(),
-                }],
-                resources: vec![ResourceItem {
-                    uri: "test://static/readme".into(),
-                }],
-                resource_templates: vec![ResourceTemplateItem {
-                    uri_template: "test://template/{id}/data".into(),
-                }],
+                prompts: vec![NamedItem::new("greet", "greet")],
+                resources: vec![ResourceItem::new("test://static/readme")],
+                resource_templates: vec![ResourceTemplateItem::new("test://template/{id}/data")],
+                ..Member::new("everything", "mcp_everything", "/mcp", "127.0.0.1:3001")
             }],
         }],
         revoked_token_ids: vec!["tok-1".into()],
         auth: None,
+        sessions: Sessions {
+            keys: vec![SessionKey {
+                id: "k1".into(),
+                secret: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            }],
+            member_timeout_ms: DEFAULT_MEMBER_TIMEOUT_MS,
+        },
     }
 }
 
-const GOLDEN: &str = r#"{"schema_version":1,"catalog_version":"7","limits":{"max_body_bytes":1048576},"virtual_servers":[{"name":"demo","members":[{"mcp_server":"everything","cluster":"mcp_everything","path":"/mcp","tools":[{"name":"add_numbers","upstream_name":"add"}],"prompts":[{"name":"greet","upstream_name":"greet"}],"resources":[{"uri":"test://static/readme"}],"resource_templates":[{"uri_template":"test://template/{id}/data"}]}]}],"revoked_token_ids":["tok-1"]}"#;
+const GOLDEN: &str = r#"{"schema_version":2,"catalog_version":"7","limits":{"max_body_bytes":1048576,"list_page_size":100},"virtual_servers":[{"name":"demo","members":[{"mcp_server":"everything","cluster":"mcp_everything","path":"/mcp","authority":"127.0.0.1:3001","capabilities":{"logging":{},"tools":{}},"tools":[{"name":"add_numbers","upstream_name":"add","definition":{"inputSchema":{"type":"object"},"name":"add"}}],"prompts":[{"name":"greet","upstream_name":"greet"}],"resources":[{"uri":"test://static/readme"}],"resource_templates":[{"uri_template":"test://template/{id}/data"}]}]}],"revoked_token_ids":["tok-1"],"sessions":{"keys":[{"id":"k1","secret":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}],"member_timeout_ms":5000}}"#;
 
 #[test]
 fn serialized_form_is_pinned() {
@@ -53,14 +59,14 @@ fn golden_parses_back_to_the_same_snapshot() {
 #[test]
 fn unknown_schema_is_refused_by_version() {
     let err =
-        PolicySnapshot::from_json(br#"{"schema_version":2,"catalog_version":"x"}"#).unwrap_err();
-    assert_eq!(err, PolicyError::SchemaVersion { found: 2 });
+        PolicySnapshot::from_json(br#"{"schema_version":3,"catalog_version":"x"}"#).unwrap_err();
+    assert_eq!(err, PolicyError::SchemaVersion { found: 3 });
 }
 
 #[test]
 fn unknown_fields_are_refused() {
     let err = PolicySnapshot::from_json(
-        br#"{"schema_version":1,"catalog_version":"x","virtual_server":[]}"#,
+        br#"{"schema_version":2,"catalog_version":"x","virtual_server":[]}"#,
     )
     .unwrap_err();
     assert!(matches!(err, PolicyError::Parse(m) if m.contains("virtual_server")));

@@ -58,6 +58,20 @@ pub struct FilterConfig {
     pub policy_json: String,
 }
 
+/// The session-sealing key of hand-written test policies (a fixed, public test value).
+pub const TEST_SESSION_KEY_SECRET: &str = "dG9vbG1lc2gtdGVzdC1zZXNzaW9uLWtleS0zMi1ieXRlcyEhIQ";
+
+/// The `sessions` block of hand-written test policies: [`TEST_SESSION_KEY_SECRET`] as key `test`.
+pub fn test_sessions() -> toolmesh_proto::Sessions {
+    toolmesh_proto::Sessions {
+        keys: vec![toolmesh_proto::SessionKey {
+            id: "test".into(),
+            secret: TEST_SESSION_KEY_SECRET.into(),
+        }],
+        ..Default::default()
+    }
+}
+
 /// The `stats_config` block (with [`STATS_TAGS`]).
 pub fn stats_config() -> Value {
     let tags: Vec<Value> = STATS_TAGS

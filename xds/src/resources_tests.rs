@@ -19,16 +19,8 @@ fn model() -> GatewayModel {
     policy.virtual_servers.push(VirtualServer {
         name: "demo".into(),
         members: vec![Member {
-            mcp_server: "x".into(),
-            cluster: "mcp_x".into(),
-            path: "/mcp".into(),
-            tools: vec![NamedItem {
-                name: "echo".into(),
-                upstream_name: "echo".into(),
-            }],
-            prompts: vec![],
-            resources: vec![],
-            resource_templates: vec![],
+            tools: vec![NamedItem::new("echo", "echo")],
+            ..Member::new("x", "mcp_x", "/mcp", "127.0.0.1:1")
         }],
     });
     GatewayModel {

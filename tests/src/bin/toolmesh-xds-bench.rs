@@ -110,18 +110,17 @@ fn large_model() -> toolmesh_xds::GatewayModel {
             .map(|m| {
                 let s = (v * 2 + m) % servers;
                 Member {
-                    mcp_server: format!("srv-{s}"),
-                    cluster: format!("mcp_srv-{s}"),
-                    path: "/mcp".into(),
                     tools: (0..5)
-                        .map(|t| NamedItem {
-                            name: format!("tool_{s}_{t}_{v}"),
-                            upstream_name: format!("tool_{t}_{v}"),
+                        .map(|t| {
+                            NamedItem::new(format!("tool_{s}_{t}_{v}"), format!("tool_{t}_{v}"))
                         })
                         .collect(),
-                    prompts: vec![],
-                    resources: vec![],
-                    resource_templates: vec![],
+                    ..Member::new(
+                        format!("srv-{s}"),
+                        format!("mcp_srv-{s}"),
+                        "/mcp",
+                        "127.0.0.1:1",
+                    )
                 }
             })
             .collect();

@@ -118,10 +118,7 @@ fn conformance_policy() -> PolicySnapshot {
     let named = |names: Vec<String>| {
         names
             .into_iter()
-            .map(|name| NamedItem {
-                upstream_name: name.clone(),
-                name,
-            })
+            .map(|name| NamedItem::new(name.clone(), name))
             .collect()
     };
     PolicySnapshot {
@@ -131,23 +128,22 @@ fn conformance_policy() -> PolicySnapshot {
         virtual_servers: vec![VirtualServer {
             name: VIRTUAL_SERVER.into(),
             members: vec![Member {
-                mcp_server: "conformance".into(),
-                cluster: CLUSTER.into(),
-                path: "/mcp".into(),
                 tools: named(fixtures::tool_names()),
                 prompts: named(fixtures::prompt_names()),
                 resources: fixtures::resource_uris()
                     .into_iter()
-                    .map(|uri| ResourceItem { uri })
+                    .map(ResourceItem::new)
                     .collect(),
                 resource_templates: fixtures::resource_template_uris()
                     .into_iter()
-                    .map(|uri_template| ResourceTemplateItem { uri_template })
+                    .map(ResourceTemplateItem::new)
                     .collect(),
+                ..Member::new("conformance", CLUSTER, "/mcp", "127.0.0.1")
             }],
         }],
         revoked_token_ids: Vec::new(),
         auth: None,
+        sessions: toolmesh_e2e::config::test_sessions(),
     }
 }
 
