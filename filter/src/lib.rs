@@ -110,6 +110,7 @@ pub mod lists;
 pub mod outcome;
 pub mod policy;
 pub mod sanitize;
+pub mod session;
 pub mod sse;
 pub mod stats;
 pub mod template;
