@@ -14,7 +14,7 @@ use toolmesh_proto::{
     Member, NamedItem, PolicySnapshot, ResourceItem, ResourceTemplateItem, VirtualServer,
 };
 
-use crate::store::{CatalogDump, ItemKind, Store, StoreError, Transport};
+use crate::store::{CatalogDump, ItemKind, McpServerRecord, Store, StoreError, Transport};
 
 /// An upstream MCP server as a cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,17 +84,18 @@ pub fn upstream_authority(url: &str) -> String {
     }
 }
 
-/// A catalog definition as the snapshot carries it (an object; anything else is dropped).
+/// A catalog JSON object as the snapshot carries it (an item definition or a server's
+/// capabilities; anything but an object is dropped).
 fn definition(def: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
     def.as_object().cloned().unwrap_or_default()
 }
 
 /// Compile the catalog into the policy snapshot.
 pub fn compile_policy(dump: &CatalogDump) -> PolicySnapshot {
-    let urls: BTreeMap<&str, &str> = dump
+    let servers: BTreeMap<&str, &McpServerRecord> = dump
         .mcp_servers
         .iter()
-        .map(|s| (s.name.as_str(), s.url.as_str()))
+        .map(|s| (s.name.as_str(), s))
         .collect();
     let mut snapshot = PolicySnapshot::empty(dump.version.to_string());
     for vs in &dump.virtual_servers {
@@ -103,13 +104,20 @@ pub fn compile_policy(dump: &CatalogDump) -> PolicySnapshot {
             let idx = match members.iter().position(|x| x.mcp_server == m.mcp_server) {
                 Some(i) => i,
                 None => {
-                    let url = urls.get(m.mcp_server.as_str()).unwrap_or(&"/");
-                    members.push(Member::new(
-                        m.mcp_server.clone(),
-                        cluster_name(&m.mcp_server),
-                        upstream_path(url),
-                        upstream_authority(url),
-                    ));
+                    let server = servers.get(m.mcp_server.as_str());
+                    let url = server.map_or("/", |s| s.url.as_str());
+                    members.push(Member {
+                        capabilities: server
+                            .and_then(|s| s.health.capabilities.as_ref())
+                            .map(definition)
+                            .unwrap_or_default(),
+                        ..Member::new(
+                            m.mcp_server.clone(),
+                            cluster_name(&m.mcp_server),
+                            upstream_path(url),
+                            upstream_authority(url),
+                        )
+                    });
                     members.len() - 1
                 }
             };
@@ -212,7 +220,119 @@ pub async fn gateway_model_with(
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
     use super::*;
+    use crate::store::{Health, HealthStatus, MemberRecord, VirtualServerRecord};
+
+    pub(crate) fn server(name: &str, capabilities: Option<serde_json::Value>) -> McpServerRecord {
+        McpServerRecord {
+            id: 1,
+            name: name.into(),
+            url: format!("http://{name}.internal:9000/mcp"),
+            transport: Transport::StreamableHttp,
+            description: String::new(),
+            tags: vec![],
+            credential_headers: None,
+            credential_header_names: vec![],
+            health: Health {
+                status: HealthStatus::Up,
+                last_success_at: None,
+                last_error: None,
+                last_error_at: None,
+                latency_ms: None,
+                protocol_version: None,
+                server_info: None,
+                capabilities,
+                instructions: None,
+            },
+            counts: Default::default(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    pub(crate) fn tool(server: &str, name: &str, expose_as: Option<&str>) -> MemberRecord {
+        MemberRecord {
+            kind: ItemKind::Tool,
+            mcp_server: server.into(),
+            item: name.into(),
+            item_id: 1,
+            expose_as: expose_as.map(Into::into),
+            enabled: true,
+            removed_upstream: false,
+            drifted: false,
+            definition: json!({"name": name, "inputSchema": {"type": "object"}}),
+        }
+    }
+
+    pub(crate) fn dump_of(
+        servers: Vec<McpServerRecord>,
+        members: Vec<MemberRecord>,
+    ) -> CatalogDump {
+        CatalogDump {
+            version: 7,
+            mcp_servers: servers,
+            virtual_servers: vec![VirtualServerRecord {
+                id: 1,
+                name: "vs".into(),
+                description: String::new(),
+                anonymous: false,
+                members,
+                created_at: Utc::now(),
+                updated_at: Utc::now(),
+            }],
+        }
+    }
+
+    #[test]
+    fn members_carry_the_discovered_capabilities() {
+        let caps = json!({"tools": {"listChanged": true}, "logging": {}});
+        let dump = dump_of(
+            vec![
+                server("a", Some(caps.clone())),
+                server("b", None),
+                // Not an object (a corrupt or odd row): treated as unknown.
+                server("c", Some(json!("tools"))),
+            ],
+            vec![
+                tool("a", "x", None),
+                tool("b", "y", None),
+                tool("c", "z", None),
+            ],
+        );
+        let policy = compile_policy(&dump);
+        let members = &policy.virtual_servers[0].members;
+        assert_eq!(
+            serde_json::Value::Object(members[0].capabilities.clone()),
+            caps
+        );
+        assert!(members[1].capabilities.is_empty());
+        assert!(members[2].capabilities.is_empty());
+        assert_eq!(members[0].authority, "a.internal:9000");
+        assert_eq!(members[0].path, "/mcp");
+        // The snapshot keeps them through its JSON form.
+        let back = PolicySnapshot::from_json(
+            PolicySnapshot {
+                sessions: toolmesh_proto::Sessions {
+                    keys: vec![toolmesh_proto::SessionKey {
+                        id: "k1".into(),
+                        secret: "A".repeat(43),
+                    }],
+                    ..Default::default()
+                },
+                ..policy.clone()
+            }
+            .to_json()
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            back.virtual_servers[0].members[0].capabilities,
+            members[0].capabilities
+        );
+    }
 
     #[test]
     fn paths_and_clusters() {

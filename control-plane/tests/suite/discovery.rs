@@ -280,6 +280,20 @@ async fn drift_needs_accept_before_the_gateway_sees_it(app: &TestApp) {
         model.policy.virtual_servers[0].members[0].tools[0].upstream_name,
         "echo"
     );
+    // The member carries what the upstream declared in `initialize` (as discovery stored it).
+    let (_, server) = app.get("/v1/mcp-servers/drifty").await;
+    assert!(
+        server["health"]["capabilities"]["tools"].is_object(),
+        "{server}"
+    );
+    assert_eq!(
+        Value::Object(
+            model.policy.virtual_servers[0].members[0]
+                .capabilities
+                .clone()
+        ),
+        server["health"]["capabilities"]
+    );
 
     let (s, accepted) = app
         .post(&format!("/v1/tools/{echo_id}/accept"), json!({}))
