@@ -11,7 +11,9 @@ use std::rc::Rc;
 
 use toolmesh_proto::{PolicyError, PolicySnapshot};
 
+use crate::lists::ListKind;
 use crate::sanitize::skeleton;
+use crate::session::SessionKeys;
 use crate::stats::{self, MethodStat, MetricIds, Reason, StatKey, ToolMetric};
 use crate::template::UriTemplate;
 
@@ -30,6 +32,17 @@ pub struct CompiledPolicy {
     pub metric_ids: MetricIds,
     /// Token checks, when the snapshot has them.
     pub auth: Option<crate::auth::CompiledAuth>,
+    /// The keys that seal and open `Mcp-Session-Id`s ([`crate::session`]).
+    pub sessions: SessionKeys,
+    /// How long each member gets to open its session when a client initializes.
+    pub member_timeout_ms: u32,
+    /// Items per page of the lists the filter answers (at least 1).
+    pub list_page_size: usize,
+    /// `limits.allowed_hosts`, lowercased: hosts (no port) allowed in `Host` and `Origin`
+    /// besides the loopback names and [`CompiledPolicy::public_host`]; `"*"` allows any.
+    pub allowed_hosts: Vec<String>,
+    /// The host (lowercased, no port; IPv6 in brackets) of `auth.public_url`, if any.
+    pub public_host: Option<String>,
 }
 
 /// One virtual server.
@@ -49,6 +62,17 @@ pub struct CompiledVs {
     tool_skeletons: HashMap<String, String>,
     prompt_skeletons: HashMap<String, String>,
     resource_skeletons: HashMap<String, String>,
+    /// The list items the filter answers with, serialized once (see [`CompiledVs::listing`]).
+    listing: Listing,
+}
+
+/// A virtual server's list items, each one serialized JSON object, in list order.
+#[derive(Debug, Clone, Default)]
+struct Listing {
+    tools: Vec<String>,
+    prompts: Vec<String>,
+    resources: Vec<String>,
+    templates: Vec<String>,
 }
 
 /// One member (upstream MCP server) of a virtual server.
@@ -60,6 +84,14 @@ pub struct CompiledMember {
     pub cluster: Rc<str>,
     /// Upstream MCP endpoint path.
     pub path: Rc<str>,
+    /// `host[:port]` of the upstream: the `:authority` of the filter's own calls to it.
+    pub authority: Rc<str>,
+    /// The upstream declares the `logging` capability.
+    pub logging: bool,
+    /// The upstream declares the `completions` capability.
+    pub completions: bool,
+    /// The upstream declares `resources.subscribe: true`.
+    pub subscribe: bool,
     /// Upstream tool name → exposed names (one upstream tool may be exposed under several).
     pub tools_by_upstream: HashMap<String, Vec<String>>,
     /// Upstream prompt name → exposed names.
@@ -124,6 +156,18 @@ impl CompiledPolicy {
             tool_stats,
             metric_ids: MetricIds::default(),
             auth: crate::auth::CompiledAuth::compile(snapshot),
+            sessions: SessionKeys::from_proto(&snapshot.sessions),
+            member_timeout_ms: snapshot.sessions.member_timeout_ms,
+            list_page_size: usize::try_from(snapshot.limits.list_page_size)
+                .unwrap_or(usize::MAX)
+                .max(1),
+            allowed_hosts: snapshot
+                .limits
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+            public_host: snapshot.auth.as_ref().and_then(|a| url_host(&a.public_url)),
         }
     }
 
@@ -221,12 +265,22 @@ fn compile_vs(
         tool_skeletons: HashMap::new(),
         prompt_skeletons: HashMap::new(),
         resource_skeletons: HashMap::new(),
+        listing: Listing::default(),
     };
     for (mi, m) in vs.members.iter().enumerate() {
         let mut member = CompiledMember {
             mcp_server: m.mcp_server.clone(),
             cluster: Rc::from(m.cluster.as_str()),
             path: Rc::from(m.path.as_str()),
+            authority: Rc::from(m.authority.as_str()),
+            logging: m.capabilities.contains_key("logging"),
+            completions: m.capabilities.contains_key("completions"),
+            subscribe: m
+                .capabilities
+                .get("resources")
+                .and_then(|r| r.get("subscribe"))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
             tools_by_upstream: HashMap::new(),
             prompts_by_upstream: HashMap::new(),
             resources: HashSet::new(),
@@ -239,6 +293,14 @@ fn compile_vs(
                 .entry(t.upstream_name.clone())
                 .or_default()
                 .push(t.name.clone());
+            if !out.tools.contains_key(&t.name) {
+                out.listing.tools.push(render_item(
+                    &t.definition,
+                    "name",
+                    &t.name,
+                    ListKind::Tools,
+                ));
+            }
             out.tools.entry(t.name.clone()).or_insert_with(|| {
                 let stat = u32::try_from(tool_stats.len()).unwrap_or(u32::MAX);
                 tool_stats.push((index, mi, t.name.clone()));
@@ -259,6 +321,14 @@ fn compile_vs(
                 .entry(p.upstream_name.clone())
                 .or_default()
                 .push(p.name.clone());
+            if !out.prompts.contains_key(&p.name) {
+                out.listing.prompts.push(render_item(
+                    &p.definition,
+                    "name",
+                    &p.name,
+                    ListKind::Prompts,
+                ));
+            }
             out.prompts.entry(p.name.clone()).or_insert_with(|| Item {
                 member: mi,
                 exposed: p.name.clone(),
@@ -271,6 +341,14 @@ fn compile_vs(
         }
         for r in &m.resources {
             member.resources.insert(r.uri.clone());
+            if !out.resources.contains_key(&r.uri) {
+                out.listing.resources.push(render_item(
+                    &r.definition,
+                    "uri",
+                    &r.uri,
+                    ListKind::Resources,
+                ));
+            }
             out.resources.entry(r.uri.clone()).or_insert(mi);
             out.resource_skeletons
                 .entry(skeleton(&r.uri))
@@ -280,6 +358,14 @@ fn compile_vs(
             let compiled = UriTemplate::parse(&t.uri_template);
             member.templates.push(compiled.clone());
             member.template_strings.insert(t.uri_template.clone());
+            if !out.template_strings.contains_key(&t.uri_template) {
+                out.listing.templates.push(render_item(
+                    &t.definition,
+                    "uriTemplate",
+                    &t.uri_template,
+                    ListKind::ResourceTemplates,
+                ));
+            }
             out.templates.push((compiled, mi));
             out.template_strings
                 .entry(t.uri_template.clone())
@@ -290,7 +376,65 @@ fn compile_vs(
     out
 }
 
+/// One list item as the filter lists it: the catalog definition with `key` (`name`, `uri` or
+/// `uriTemplate`) set to `value` (the exposed name, the URI or template as allowed), and the
+/// fields the MCP schema requires filled in when the definition lacks them (`inputSchema` of a
+/// tool; `name` of a resource or template, which defaults to its URI or template).
+fn render_item(
+    definition: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    value: &str,
+    kind: ListKind,
+) -> String {
+    use serde_json::Value;
+    let mut item = definition.clone();
+    item.insert(key.to_owned(), Value::String(value.to_owned()));
+    match kind {
+        ListKind::Tools => {
+            if !item.get("inputSchema").is_some_and(Value::is_object) {
+                let mut schema = serde_json::Map::new();
+                schema.insert("type".into(), Value::String("object".into()));
+                item.insert("inputSchema".into(), Value::Object(schema));
+            }
+        }
+        ListKind::Prompts => {}
+        ListKind::Resources | ListKind::ResourceTemplates => {
+            if !item.get("name").is_some_and(Value::is_string) {
+                item.insert("name".into(), Value::String(value.to_owned()));
+            }
+        }
+    }
+    // Serializing a map of JSON values cannot fail.
+    serde_json::to_string(&item).unwrap_or_default()
+}
+
+/// The host of a URL (`https://user@Host.Example:8443/x` → `host.example`), lowercased, IPv6
+/// in brackets; `None` when there is none.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        authority.get(..=end)?
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
 impl CompiledVs {
+    /// The serialized items (JSON objects) of list `kind`, in list order: member order, then
+    /// item order in the snapshot; tools and prompts under their exposed names.
+    pub fn listing(&self, kind: ListKind) -> &[String] {
+        match kind {
+            ListKind::Tools => &self.listing.tools,
+            ListKind::Prompts => &self.listing.prompts,
+            ListKind::Resources => &self.listing.resources,
+            ListKind::ResourceTemplates => &self.listing.templates,
+        }
+    }
+
     /// The primary member (the first), which receives every request that names nothing.
     pub fn primary(&self) -> Option<&CompiledMember> {
         self.members.first()
@@ -361,14 +505,20 @@ pub(crate) mod tests {
 
     /// A two-member policy used across the crate's tests.
     pub(crate) const POLICY: &str = r#"{
-      "schema_version": 1,
+      "schema_version": 2,
       "catalog_version": "c1",
-      "limits": {"max_body_bytes": 4096},
+      "limits": {"max_body_bytes": 4096, "list_page_size": 3, "allowed_hosts": ["GW.Example"]},
+      "sessions": {"keys": [{"id": "k1", "secret": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]},
       "virtual_servers": [
         {"name": "demo", "members": [
           {"mcp_server": "everything", "cluster": "up_everything", "path": "/mcp",
+           "authority": "everything:3001",
+           "capabilities": {"tools": {}, "prompts": {}, "resources": {"subscribe": true},
+                            "logging": {}, "completions": {}},
            "tools": [
-             {"name": "echo", "upstream_name": "echo"},
+             {"name": "echo", "upstream_name": "echo", "definition": {"name": "echo",
+              "description": "Echo", "inputSchema": {"type": "object",
+              "properties": {"message": {"type": "string"}}}}},
              {"name": "add", "upstream_name": "add_numbers"},
              {"name": "sum", "upstream_name": "add_numbers"}
            ],
@@ -376,8 +526,14 @@ pub(crate) mod tests {
            "resources": [{"uri": "test://static-text"}],
            "resource_templates": [{"uri_template": "test://template/{id}/data"}]},
           {"mcp_server": "weather", "cluster": "up_weather", "path": "/v1/mcp",
-           "tools": [{"name": "forecast", "upstream_name": "get_forecast"}],
-           "resources": [{"uri": "weather://stations"}]}
+           "authority": "weather.internal",
+           "capabilities": {"tools": {}, "resources": {}},
+           "tools": [{"name": "forecast", "upstream_name": "get_forecast",
+                      "definition": {"name": "get_forecast", "title": "Forecast",
+                                     "inputSchema": {"type": "object"}}}],
+           "resources": [{"uri": "weather://stations",
+                          "definition": {"uri": "weather://stations", "name": "stations",
+                                         "mimeType": "application/json"}}]}
         ]},
         {"name": "empty", "members": []}
       ]
@@ -480,16 +636,20 @@ pub(crate) mod tests {
         let cases = [
             ("{}", "schema"),
             (
-                r#"{"schema_version":2,"catalog_version":"x"}"#,
-                "schema_version 2",
+                r#"{"schema_version":3,"catalog_version":"x"}"#,
+                "schema_version 3",
             ),
             (
-                r#"{"schema_version":1,"catalog_version":"x","virtual_servers":[{"name":"Bad Name","members":[]}]}"#,
+                r#"{"schema_version":2,"catalog_version":"x","sessions":{"keys":[{"id":"k","secret":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]},"virtual_servers":[{"name":"Bad Name","members":[]}]}"#,
                 "virtual_servers[0].name",
             ),
             (
-                r#"{"schema_version":1,"catalog_version":"x","limits":{"max_body_bytes":0}}"#,
+                r#"{"schema_version":2,"catalog_version":"x","limits":{"max_body_bytes":0}}"#,
                 "max_body_bytes",
+            ),
+            (
+                r#"{"schema_version":2,"catalog_version":"x","virtual_servers":[{"name":"a","members":[]}]}"#,
+                "sessions.keys",
             ),
             ("not json", "not valid JSON"),
         ];
@@ -499,6 +659,111 @@ pub(crate) mod tests {
                 Err(e) => assert!(e.to_string().contains(needle), "{json}: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn federation_fields() {
+        let p = policy();
+        assert!(!p.sessions.is_empty());
+        assert_eq!(p.member_timeout_ms, 5000);
+        assert_eq!(p.list_page_size, 3);
+        assert_eq!(p.allowed_hosts, vec!["gw.example".to_string()]);
+        assert_eq!(p.public_host, None);
+        let vs = demo(&p);
+        let m0 = vs.member(0).unwrap();
+        let m1 = vs.member(1).unwrap();
+        assert_eq!(
+            (&*m0.authority, m0.logging, m0.completions, m0.subscribe),
+            ("everything:3001", true, true, true)
+        );
+        assert_eq!(
+            (&*m1.authority, m1.logging, m1.completions, m1.subscribe),
+            ("weather.internal", false, false, false)
+        );
+    }
+
+    #[test]
+    fn public_host_of_the_auth_url() {
+        let cases = [
+            ("https://MCP.Example.com", Some("mcp.example.com")),
+            (
+                "https://mcp.example.com:8443/base/path?x#y",
+                Some("mcp.example.com"),
+            ),
+            ("http://user:pw@host.example/", Some("host.example")),
+            ("http://[::1]:8080/", Some("[::1]")),
+            ("http://[2001:DB8::1]/", Some("[2001:db8::1]")),
+            ("localhost:10000", Some("localhost")),
+            ("https:///nohost", None),
+            ("", None),
+        ];
+        for (url, want) in cases {
+            assert_eq!(url_host(url).as_deref(), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn listings_are_rendered_once_in_order() {
+        let p = policy();
+        let vs = demo(&p);
+        let parse = |kind| -> Vec<serde_json::Value> {
+            vs.listing(kind)
+                .iter()
+                .map(|s| serde_json::from_str(s).unwrap())
+                .collect()
+        };
+        use serde_json::json;
+        assert_eq!(
+            parse(ListKind::Tools),
+            vec![
+                json!({"name": "echo", "description": "Echo", "inputSchema": {"type": "object",
+                       "properties": {"message": {"type": "string"}}}}),
+                json!({"name": "add", "inputSchema": {"type": "object"}}),
+                json!({"name": "sum", "inputSchema": {"type": "object"}}),
+                json!({"name": "forecast", "title": "Forecast", "inputSchema": {"type": "object"}}),
+            ]
+        );
+        assert_eq!(parse(ListKind::Prompts), vec![json!({"name": "greet"})]);
+        assert_eq!(
+            parse(ListKind::Resources),
+            vec![
+                json!({"uri": "test://static-text", "name": "test://static-text"}),
+                json!({"uri": "weather://stations", "name": "stations",
+                       "mimeType": "application/json"}),
+            ]
+        );
+        assert_eq!(
+            parse(ListKind::ResourceTemplates),
+            vec![json!({"uriTemplate": "test://template/{id}/data",
+                        "name": "test://template/{id}/data"})]
+        );
+        let empty = p.virtual_server("empty").unwrap();
+        assert!(empty.listing(ListKind::Tools).is_empty());
+    }
+
+    #[test]
+    fn rendering_fills_required_fields_and_sets_the_exposed_name() {
+        let def = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+        let tool = render_item(
+            &def(serde_json::json!({"name": "upstream", "inputSchema": "bad"})),
+            "name",
+            "exposed",
+            ListKind::Tools,
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&tool).unwrap(),
+            serde_json::json!({"name": "exposed", "inputSchema": {"type": "object"}})
+        );
+        let res = render_item(
+            &def(serde_json::json!({"uri": "x://other", "name": 5})),
+            "uri",
+            "x://a",
+            ListKind::Resources,
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&res).unwrap(),
+            serde_json::json!({"uri": "x://a", "name": "x://a"})
+        );
     }
 
     impl Lookup<&Item> {
