@@ -107,6 +107,7 @@ pub mod decide;
 pub mod flow;
 pub mod jsonrpc;
 pub mod lists;
+pub mod local;
 pub mod outcome;
 pub mod policy;
 pub mod sanitize;
