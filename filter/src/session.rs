@@ -27,12 +27,24 @@
 use std::fmt;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::alphabet;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// Decodes key secrets as the snapshot validation accepts them: base64url, trailing bits and
+/// padding tolerated (session ids themselves are decoded strictly).
+const SECRET_ENGINE: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
 /// The longest session id [`open`] reads (and [`seal`] writes).
 pub const MAX_SESSION_ID_LEN: usize = 8 * 1024;
@@ -76,7 +88,7 @@ impl SessionKeys {
                     && k.id.bytes().all(|c| c.is_ascii_alphanumeric())
             })
             .filter_map(|k| {
-                let secret = URL_SAFE_NO_PAD.decode(k.secret.as_bytes()).ok()?;
+                let secret = SECRET_ENGINE.decode(k.secret.as_bytes()).ok()?;
                 (!secret.is_empty()).then(|| (k.id.clone(), secret))
             })
             .collect();
@@ -379,6 +391,15 @@ mod tests {
         assert!(id.starts_with("good."), "{id}");
         let dbg = format!("{k:?}");
         assert!(dbg.contains("good") && !dbg.contains(&URL_SAFE_NO_PAD.encode([2u8; 32])));
+        // Non-zero trailing bits (43 × 'B') pass the snapshot validation, so they are accepted.
+        let k = SessionKeys::from_proto(&Sessions {
+            keys: vec![SessionKey {
+                id: "b".into(),
+                secret: "B".repeat(43),
+            }],
+            ..Sessions::default()
+        });
+        assert!(!k.is_empty());
     }
 
     #[test]
