@@ -40,7 +40,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 
 pub use fixtures::{
-    AUDIO_WAV_BASE64, IMAGE_PNG_BASE64, prompt_definitions, resource_definitions,
+    AUDIO_WAV_BASE64, IMAGE_PNG_BASE64, capabilities, prompt_definitions, resource_definitions,
     resource_template_definitions, tool_definitions,
 };
 

@@ -116,6 +116,16 @@ pub fn tool_definitions(variant: u32) -> Vec<Value> {
     tools
 }
 
+/// The `ServerCapabilities` the server declares in `initialize`, as JSON (what discovery
+/// records and a hand-written policy copies into its member).
+pub fn capabilities() -> Value {
+    json!({
+        "tools": {"listChanged": true},
+        "prompts": {"listChanged": false},
+        "resources": {"subscribe": true, "listChanged": false}
+    })
+}
+
 /// Prompts, as JSON.
 pub fn prompt_definitions() -> Vec<Value> {
     vec![
@@ -238,12 +248,8 @@ impl TestServer {
 
 impl ServerHandler for TestServer {
     fn get_info(&self) -> ServerConfig {
-        let capabilities: ServerCapabilities = serde_json::from_value(json!({
-            "tools": {"listChanged": true},
-            "prompts": {"listChanged": false},
-            "resources": {"subscribe": true, "listChanged": false}
-        }))
-        .unwrap_or_default();
+        let capabilities: ServerCapabilities =
+            serde_json::from_value(capabilities()).unwrap_or_default();
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new(
                 "toolmesh-test-server",

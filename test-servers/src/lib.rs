@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use handler::{
-    FILLER_TOOLS, LOGO_BASE64, README_TEXT, prompt_definitions, resource_definitions,
+    FILLER_TOOLS, LOGO_BASE64, README_TEXT, capabilities, prompt_definitions, resource_definitions,
     resource_template_definitions, tool_definitions,
 };
 

@@ -8,6 +8,8 @@
 //!   [`process::free_port`];
 //! - [`envoy`]: [`envoy::Envoy`] (start on free ports, wait for `/ready`, admin stats helpers);
 //! - [`config`]: the static Envoy config for tests ([`config::static_envoy_config`]);
+//! - [`policy`]: hand-written policy snapshots with the test server's definitions
+//!   ([`policy::test_server_member`]);
 //! - [`control_plane`]: the toolmesh control plane in-process, and Envoy from the shipped
 //!   bootstrap (everything over xDS);
 //! - [`clients`]: the official Python and TypeScript clients as subprocesses, and the test
@@ -21,6 +23,7 @@ pub mod config;
 pub mod conformance;
 pub mod control_plane;
 pub mod envoy;
+pub mod policy;
 pub mod process;
 pub mod tools;
 

@@ -35,6 +35,17 @@ fn tool(name: &str, description: &str, input_schema: Value) -> Value {
     json!({"name": name, "description": description, "inputSchema": input_schema})
 }
 
+/// The `ServerCapabilities` the server declares in `initialize`, as JSON.
+pub fn capabilities() -> Value {
+    json!({
+        "tools": {"listChanged": false},
+        "prompts": {"listChanged": false},
+        "resources": {"subscribe": true, "listChanged": false},
+        "logging": {},
+        "completions": {}
+    })
+}
+
 /// Every tool, in listing order.
 pub fn tool_definitions() -> Vec<Value> {
     vec![

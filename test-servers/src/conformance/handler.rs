@@ -249,14 +249,8 @@ impl ConformanceServer {
 
 impl ServerHandler for ConformanceServer {
     fn get_info(&self) -> ServerConfig {
-        let capabilities: ServerCapabilities = serde_json::from_value(json!({
-            "tools": {"listChanged": false},
-            "prompts": {"listChanged": false},
-            "resources": {"subscribe": true, "listChanged": false},
-            "logging": {},
-            "completions": {}
-        }))
-        .unwrap_or_default();
+        let capabilities: ServerCapabilities =
+            serde_json::from_value(fixtures::capabilities()).unwrap_or_default();
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION")))
             .with_instructions("Fixtures for the official MCP conformance suite.")

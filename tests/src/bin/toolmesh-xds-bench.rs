@@ -104,6 +104,8 @@ async fn propagation(
 fn large_model() -> toolmesh_xds::GatewayModel {
     let servers = 100;
     let mut policy = PolicySnapshot::empty("bench");
+    // The filter refuses virtual servers without a key to seal their sessions.
+    policy.sessions = toolmesh_e2e::config::test_sessions();
     for v in 0..1000 {
         // Each virtual server: 10 tools from 2 MCP servers.
         let members = (0..2)

@@ -112,13 +112,28 @@ fn assert_same_passes(direct: &SuiteReport, through_name: &str, through: &SuiteR
     );
 }
 
-/// The policy for a virtual server `conformance` whose single member is the fixture server,
-/// allowing every fixture under its own name.
-fn conformance_policy() -> PolicySnapshot {
-    let named = |names: Vec<String>| {
-        names
-            .into_iter()
-            .map(|name| NamedItem::new(name.clone(), name))
+/// The policy for a virtual server `conformance` whose single member is the fixture server at
+/// `addr`, allowing every fixture under its own name. Each item carries the fixture's definition
+/// and the member the fixture server's capabilities: the filter answers `initialize` and the
+/// lists from them (issue 6).
+fn conformance_policy(addr: SocketAddr) -> PolicySnapshot {
+    fn object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        match v {
+            serde_json::Value::Object(m) => m,
+            other => panic!("a fixture definition is not an object: {other}"),
+        }
+    }
+    fn key(d: &serde_json::Value, k: &str) -> String {
+        d[k].as_str()
+            .unwrap_or_else(|| panic!("a fixture definition has no {k}: {d}"))
+            .to_owned()
+    }
+    let named = |defs: Vec<serde_json::Value>| {
+        defs.into_iter()
+            .map(|d| NamedItem {
+                definition: object(d.clone()),
+                ..NamedItem::new(key(&d, "name"), key(&d, "name"))
+            })
             .collect()
     };
     PolicySnapshot {
@@ -128,17 +143,24 @@ fn conformance_policy() -> PolicySnapshot {
         virtual_servers: vec![VirtualServer {
             name: VIRTUAL_SERVER.into(),
             members: vec![Member {
-                tools: named(fixtures::tool_names()),
-                prompts: named(fixtures::prompt_names()),
-                resources: fixtures::resource_uris()
+                capabilities: object(fixtures::capabilities()),
+                tools: named(fixtures::tool_definitions()),
+                prompts: named(fixtures::prompt_definitions()),
+                resources: fixtures::resource_definitions()
                     .into_iter()
-                    .map(ResourceItem::new)
+                    .map(|d| ResourceItem {
+                        definition: object(d.clone()),
+                        ..ResourceItem::new(key(&d, "uri"))
+                    })
                     .collect(),
-                resource_templates: fixtures::resource_template_uris()
+                resource_templates: fixtures::resource_template_definitions()
                     .into_iter()
-                    .map(ResourceTemplateItem::new)
+                    .map(|d| ResourceTemplateItem {
+                        definition: object(d.clone()),
+                        ..ResourceTemplateItem::new(key(&d, "uriTemplate"))
+                    })
                     .collect(),
-                ..Member::new("conformance", CLUSTER, "/mcp", "127.0.0.1")
+                ..Member::new("conformance", CLUSTER, "/mcp", addr.to_string())
             }],
         }],
         revoked_token_ids: Vec::new(),
@@ -215,7 +237,7 @@ async fn every_direct_pass_also_passes_through_the_toolmesh_filter() {
     let (server, addr) = start_fixture_server().await;
     let direct = run_direct(&suite, &server).await;
 
-    let policy = conformance_policy();
+    let policy = conformance_policy(addr);
     policy
         .validate()
         .unwrap_or_else(|e| panic!("the conformance policy is invalid: {e}"));

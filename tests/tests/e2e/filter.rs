@@ -10,21 +10,26 @@
 //! its own Envoy and upstream on free ports, polls instead of sleeping, and checks the upstream's
 //! own record of what it received (`RunningServer::requests()` / `calls()`).
 //!
-//! The policy (see [`policy`]): virtual server `demo` with member `everything` (cluster
-//! `mcp_everything`, path `/mcp`) allowing tools `echo`, `add` exposed as `add_numbers`, `slow`,
-//! `fail`, prompt `greet`, resource `test://static/readme` and template
+//! The policy (see [`policy`], snapshot schema 2): virtual server `demo` with member
+//! `everything` (cluster `mcp_everything`, path `/mcp`) allowing tools `echo`, `add` exposed as
+//! `add_numbers`, `slow`, `fail`, prompt `greet`, resource `test://static/readme` and template
 //! `test://template/{id}/data`; virtual server `other` on the same upstream allowing only `echo`.
-//! `hollow` has no members. Envoy also has a `decoy` cluster (another test server) that no virtual server uses: nothing a
-//! client sends may ever reach it.
+//! `hollow` has no members. Each item carries the test server's own definition, so the lists the
+//! filter answers itself (issue 6: `initialize` and lists come from the policy, pages of
+//! [`PAGE_SIZE`]) show what the upstream lists. Envoy also has a `decoy` cluster (another test
+//! server) that no virtual server uses: nothing a client sends may ever reach it.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use toolmesh_e2e::policy::test_server_member;
 use toolmesh_e2e::test_servers::{RunningServer, TestServerConfig, spawn};
 use toolmesh_e2e::{Envoy, EnvoyConfig, FilterConfig, python_client, require, results, tools};
 use toolmesh_e2e::{free_port, ts_client};
+use toolmesh_proto::{Limits, PolicySnapshot, SCHEMA_VERSION, VirtualServer};
 
 /// The cluster of the `everything` member.
 const CLUSTER: &str = "mcp_everything";
@@ -32,49 +37,55 @@ const CLUSTER: &str = "mcp_everything";
 const DECOY: &str = "decoy";
 /// How long to poll for a stat (Envoy flushes histograms every 5 s; the machine may be busy).
 const STAT_TIMEOUT: Duration = Duration::from_secs(40);
+/// The catalog version of [`policy`] (the `serverInfo.version` the filter answers).
+const CATALOG_VERSION: &str = "e2e-filter";
+/// Items per page of the lists the filter answers: `demo`'s four tools span two pages.
+const PAGE_SIZE: u32 = 3;
 
-/// The tools `demo` exposes, in the upstream's order.
+/// The tools `demo` exposes, in the policy's order.
 const DEMO_TOOLS: [&str; 4] = ["echo", "add_numbers", "slow", "fail"];
 
-/// The policy snapshot every test runs with (`max_body_bytes` overrides the 1 MiB default).
-fn policy(max_body_bytes: Option<u32>) -> String {
-    let mut snapshot = json!({
-        "schema_version": 1,
-        "catalog_version": "e2e-filter",
-        "virtual_servers": [
-            {
-                "name": "demo",
-                "members": [{
-                    "mcp_server": "everything",
-                    "cluster": CLUSTER,
-                    "path": "/mcp",
-                    "tools": [
-                        {"name": "echo", "upstream_name": "echo"},
-                        {"name": "add_numbers", "upstream_name": "add"},
-                        {"name": "slow", "upstream_name": "slow"},
-                        {"name": "fail", "upstream_name": "fail"}
-                    ],
-                    "prompts": [{"name": "greet", "upstream_name": "greet"}],
-                    "resources": [{"uri": "test://static/readme"}],
-                    "resource_templates": [{"uri_template": "test://template/{id}/data"}]
-                }]
+/// The policy snapshot every test runs with, for the upstream at `upstream`
+/// (`max_body_bytes` overrides the 1 MiB default).
+fn policy(upstream: SocketAddr, max_body_bytes: Option<u32>) -> String {
+    let everything = || test_server_member("everything", CLUSTER, upstream);
+    let snapshot = PolicySnapshot {
+        limits: Limits {
+            max_body_bytes: max_body_bytes.unwrap_or(toolmesh_proto::DEFAULT_MAX_BODY_BYTES),
+            list_page_size: PAGE_SIZE,
+            ..Limits::default()
+        },
+        virtual_servers: vec![
+            VirtualServer {
+                name: "demo".into(),
+                members: vec![
+                    everything()
+                        .tool("echo", "echo")
+                        .tool("add_numbers", "add")
+                        .tools(&["slow", "fail"])
+                        .prompt("greet", "greet")
+                        .resource("test://static/readme")
+                        .template("test://template/{id}/data")
+                        .build(),
+                ],
             },
-            {
-                "name": "other",
-                "members": [{
-                    "mcp_server": "everything",
-                    "cluster": CLUSTER,
-                    "path": "/mcp",
-                    "tools": [{"name": "echo", "upstream_name": "echo"}]
-                }]
+            VirtualServer {
+                name: "other".into(),
+                members: vec![everything().tools(&["echo"]).build()],
             },
-            {"name": "hollow", "members": []}
-        ]
-    });
-    if let Some(max) = max_body_bytes {
-        snapshot["limits"] = json!({ "max_body_bytes": max });
-    }
-    snapshot.to_string()
+            VirtualServer {
+                name: "hollow".into(),
+                members: vec![],
+            },
+        ],
+        sessions: toolmesh_e2e::config::test_sessions(),
+        ..PolicySnapshot::empty(CATALOG_VERSION)
+    };
+    assert_eq!(snapshot.schema_version, SCHEMA_VERSION);
+    snapshot
+        .validate()
+        .unwrap_or_else(|e| panic!("the test policy is invalid: {e}"));
+    snapshot.to_json()
 }
 
 /// One test's world: the upstream, the decoy and Envoy with the filter.
@@ -96,7 +107,7 @@ impl Rig {
             .expect("starting the decoy");
         let filter = FilterConfig {
             wasm_path,
-            policy_json: policy(max_body_bytes),
+            policy_json: policy(server.addr(), max_body_bytes),
         };
         let envoy = Envoy::start_static(
             &envoy_bin,
@@ -114,15 +125,7 @@ impl Rig {
 
     /// A stateless upstream answering plain JSON: raw requests need no session handshake.
     async fn start_json(max_body_bytes: Option<u32>) -> Option<Rig> {
-        Self::start(
-            TestServerConfig {
-                stateful: false,
-                json_response: true,
-                page_size: 10,
-            },
-            max_body_bytes,
-        )
-        .await
+        Self::start(TestServerConfig::stateless_json(), max_body_bytes).await
     }
 
     /// `http://127.0.0.1:PORT/servers/{vs}/mcp`.
@@ -400,6 +403,37 @@ fn assert_upstream_saw_renamed_add(server: &RunningServer, what: &str) {
     }
 }
 
+/// What the filter answers itself never reaches the upstream: no `server/discover`, no list, no
+/// `ping`, and `initialize` only as the filter's own (clientInfo `toolmesh`) to open the
+/// member's session, once per client session at most.
+fn assert_answered_by_the_filter(server: &RunningServer, what: &str) {
+    let methods = server.jsonrpc_methods();
+    for local in [
+        "server/discover",
+        "tools/list",
+        "prompts/list",
+        "resources/list",
+        "resources/templates/list",
+        "ping",
+    ] {
+        assert!(
+            !methods.iter().any(|m| m == local),
+            "{what}: the upstream saw {local}: {methods:?}"
+        );
+    }
+    for init in server
+        .requests()
+        .iter()
+        .filter(|r| r.jsonrpc_method.as_deref() == Some("initialize"))
+    {
+        let body = init.body.as_ref().unwrap();
+        assert_eq!(
+            body["params"]["clientInfo"]["name"], "toolmesh",
+            "{what}: the client's own initialize reached the upstream: {init:#?}"
+        );
+    }
+}
+
 /// After one run of [`demo_ops`] on a stateful (SSE) upstream: the outcomes the filter read
 /// from the SSE responses (`fail`'s `isError`), and the denials by reason.
 async fn assert_client_run_stats(rig: &Rig) {
@@ -429,12 +463,12 @@ fn check_python_demo(doc: &Value, mode: &str) {
     assert!(doc["fatal_error"].is_null(), "{mode}: {doc:#}");
     assert_eq!(results(doc).len(), 15, "{mode}: {doc:#}");
 
-    // 3. The list is filtered to the allowlist, under exposed names, across the upstream's
-    // three pages (10 + 10 + 5 tools). The filter keeps every page and cursor; pages whose
-    // items were all dropped arrive empty (documented: items dropped, nextCursor kept).
+    // 3. The list is exactly the allowlist, under exposed names, with the upstream's
+    // definitions. Changed with issue 6: the filter answers it from the policy in pages of
+    // PAGE_SIZE (3 + 1) instead of filtering the upstream's three pages (10 + 10 + 5).
     let listed = py_ok(doc, 0, mode);
     assert_eq!(names(&listed["tools"], "name"), DEMO_TOOLS, "{mode}");
-    assert_eq!(listed["pages"], 3, "{mode}: every upstream page is kept");
+    assert_eq!(listed["pages"], 2, "{mode}: pages of {PAGE_SIZE}");
     let add = &listed["tools"][1];
     assert_eq!(add["inputSchema"]["required"], json!(["a", "b"]), "{mode}");
 
@@ -566,9 +600,13 @@ async fn python_legacy_allowed_denied_and_filtered_lists() {
         .await
         .unwrap();
     assert_eq!(doc["protocol_version"], "2025-11-25", "{doc:#}");
-    assert_eq!(doc["server_info"]["name"], "toolmesh-test-server");
+    // Changed with issue 6: the filter answers `initialize` as the virtual server (it was
+    // forwarded, and the upstream's serverInfo came back).
+    assert_eq!(doc["server_info"]["name"], "demo", "{doc:#}");
+    assert_eq!(doc["server_info"]["version"], CATALOG_VERSION, "{doc:#}");
     check_python_demo(&doc, mode);
     assert_upstream_saw_renamed_add(&rig.server, mode);
+    assert_answered_by_the_filter(&rig.server, mode);
     assert_client_run_stats(&rig).await;
     // One session: every request after `initialize` carried the same upstream session id, the
     // denials notwithstanding.
@@ -594,7 +632,8 @@ async fn python_legacy_allowed_denied_and_filtered_lists() {
     rig.assert_decoy_untouched();
 }
 
-/// Python SDK, `--mode auto` (protocol 2026-07-28: stateless, `Mcp-Method`/`Mcp-Name`).
+/// Python SDK, `--mode auto`: it probes `server/discover` (protocol 2026-07-28); the filter
+/// answers -32022 with the versions it speaks, and the client falls back to `initialize`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_auto_allowed_denied_and_filtered_lists() {
     let rig = require!(Rig::start(TestServerConfig::default(), None).await);
@@ -604,21 +643,16 @@ async fn python_auto_allowed_denied_and_filtered_lists() {
     let doc = python_client(&rig.url("demo"), &demo_ops(), &["--mode", mode])
         .await
         .unwrap();
-    assert_eq!(doc["protocol_version"], "2026-07-28", "{doc:#}");
+    // Changed with issue 6: the probe was forwarded and the upstream spoke 2026-07-28 (the
+    // client then sent `Mcp-Method`/`Mcp-Name`, checked here before); the gateway does not
+    // speak 2026-07-28 yet, so the client falls back to the newest handshake version. The
+    // `Mcp-Name` rewrite stays covered by `hardened_parsing_refuses_before_the_upstream`.
+    assert_eq!(doc["protocol_version"], "2025-11-25", "{doc:#}");
+    assert_eq!(doc["server_info"]["name"], "demo", "{doc:#}");
     check_python_demo(&doc, mode);
     assert_upstream_saw_renamed_add(&rig.server, mode);
+    assert_answered_by_the_filter(&rig.server, mode);
     assert_client_run_stats(&rig).await;
-    // The 2026-07-28 client sends Mcp-Name; the upstream must have seen the upstream name.
-    let add = tool_calls(&rig.server)
-        .into_iter()
-        .find(|r| {
-            r.body
-                .as_ref()
-                .is_some_and(|b| b["params"]["name"] == "add")
-        })
-        .unwrap();
-    assert_eq!(add.header("mcp-method"), Some("tools/call"), "{add:#?}");
-    assert_eq!(add.header("mcp-name"), Some("add"), "{add:#?}");
     assert_eq!(rig.server.calls(), ["add", "echo", "fail", "echo"]);
 
     let before = rig.server.calls().len();
@@ -643,7 +677,9 @@ async fn typescript_allowed_denied_and_filtered_lists() {
 
     let listed = ts_ok(&doc, 0, what);
     assert_eq!(names(&listed["items"], "name"), DEMO_TOOLS);
-    assert_eq!(listed["pages"], 3);
+    // Changed with issue 6: pages of PAGE_SIZE from the policy (were the upstream's 3 pages).
+    assert_eq!(listed["pages"], 2);
+    assert_eq!(doc["initialize"]["serverInfo"]["name"], "demo", "{doc:#}");
     assert_eq!(
         ts_ok(&doc, 1, what)["structuredContent"],
         json!({"sum": 42})
@@ -690,6 +726,7 @@ async fn typescript_allowed_denied_and_filtered_lists() {
     );
     assert_eq!(ts_ok(&doc, 14, what)["content"][0]["text"], "the end");
     assert_upstream_saw_renamed_add(&rig.server, what);
+    assert_answered_by_the_filter(&rig.server, what);
     assert_client_run_stats(&rig).await;
     assert_eq!(rig.server.calls(), ["add", "echo", "fail", "echo"]);
 
@@ -714,14 +751,20 @@ async fn typescript_allowed_denied_and_filtered_lists() {
     rig.assert_decoy_untouched();
 }
 
-/// Lists of a plain-JSON upstream, page by page over raw HTTP: exactly the allowed items under
-/// exposed names, every cursor kept, pages whose items were all dropped come back empty (with
-/// their cursor), and `content-length` matches the rewritten body.
+/// Lists page by page over raw HTTP: exactly the allowed items under exposed names, with the
+/// upstream's definitions, in pages of [`PAGE_SIZE`] with an opaque cursor, `content-length`
+/// matching the body; a garbled cursor is refused; no list ever reaches the upstream.
+///
+/// Changed with issue 6: the filter answers lists from the policy. Before, it filtered the
+/// upstream's pages (kept the upstream's cursors "10", "20", and pages whose items were all
+/// dropped came back empty); what this proves about enforcement (nothing outside the allowlist,
+/// never the upstream name of a renamed tool) is unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_list_pages_are_filtered_with_cursors_kept() {
+async fn json_list_pages_are_answered_from_the_policy() {
     let rig = require!(Rig::start_json(None).await);
     let url = rig.url("demo");
     let mut pages = Vec::new();
+    let mut tools = Vec::new();
     let mut cursor: Option<String> = None;
     for id in 1..10 {
         let params = match &cursor {
@@ -731,15 +774,14 @@ async fn json_list_pages_are_filtered_with_cursors_kept() {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params});
         let reply = post(&url, &[], body.to_string()).await;
         assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.header("content-type"), Some("application/json"));
         if let Some(len) = reply.header("content-length") {
             assert_eq!(len.parse::<usize>().unwrap(), reply.body.len(), "{reply:?}");
         }
         let v = reply.json();
         assert_eq!(v["id"], id);
-        pages.push((
-            names(&v["result"]["tools"], "name"),
-            v["result"]["nextCursor"].clone(),
-        ));
+        pages.push(names(&v["result"]["tools"], "name"));
+        tools.extend(v["result"]["tools"].as_array().unwrap().iter().cloned());
         match v["result"]["nextCursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
@@ -747,12 +789,40 @@ async fn json_list_pages_are_filtered_with_cursors_kept() {
     }
     assert_eq!(
         pages,
-        vec![
-            (DEMO_TOOLS.map(String::from).to_vec(), json!("10")),
-            (vec![], json!("20")),
-            (vec![], Value::Null),
-        ]
+        vec![vec!["echo", "add_numbers", "slow"], vec!["fail"]],
+        "pages of {PAGE_SIZE}"
     );
+    // The definition is the upstream's, under the exposed name.
+    let add = &tools[1];
+    assert_eq!(add["inputSchema"]["required"], json!(["a", "b"]), "{add}");
+    assert_eq!(add["outputSchema"]["required"], json!(["sum"]), "{add}");
+    assert_eq!(add["description"], "Add two integers.", "{add}");
+    // A list never carries the upstream's own name of a renamed tool.
+    assert!(
+        !Value::from(tools.clone()).to_string().contains(r#""add""#),
+        "{tools:?}"
+    );
+
+    for (method, key, field, expected) in [
+        ("prompts/list", "prompts", "name", "greet"),
+        ("resources/list", "resources", "uri", "test://static/readme"),
+        (
+            "resources/templates/list",
+            "resourceTemplates",
+            "uriTemplate",
+            "test://template/{id}/data",
+        ),
+    ] {
+        let v = post(
+            &url,
+            &[],
+            json!({"jsonrpc": "2.0", "id": 20, "method": method}).to_string(),
+        )
+        .await
+        .json();
+        assert_eq!(names(&v["result"][key], field), [expected], "{method}: {v}");
+        assert!(v["result"].get("nextCursor").is_none(), "{method}: {v}");
+    }
     let other = post(
         &rig.url("other"),
         &[],
@@ -761,20 +831,48 @@ async fn json_list_pages_are_filtered_with_cursors_kept() {
     .await
     .json();
     assert_eq!(names(&other["result"]["tools"], "name"), ["echo"]);
-    // A list never carries the upstream's own name of a renamed tool.
-    assert!(!pages.iter().any(|(n, _)| n.iter().any(|n| n == "add")));
+
+    // A cursor the filter did not mint.
+    for garbled in ["10", "bogus"] {
+        let reply = post(
+            &url,
+            &[],
+            json!({"jsonrpc": "2.0", "id": 30, "method": "tools/list", "params": {"cursor": garbled}})
+                .to_string(),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let v = reply.json();
+        assert_eq!(v["id"], 30, "{v}");
+        assert_eq!(v["error"]["code"], -32602, "cursor {garbled:?}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Invalid cursor"),
+            "{v}"
+        );
+    }
+    assert_answered_by_the_filter(&rig.server, "raw lists");
+    assert!(
+        rig.server.requests().is_empty(),
+        "{:#?}",
+        rig.server.requests()
+    );
 }
 
-/// What the upstream answers is not hidden: a JSON-RPC error to a list request comes through
-/// as the upstream sent it (not replaced, not emptied), and an HTTP error of a call reaches the
-/// client and counts as an error of that tool.
+/// What the upstream answers is not hidden: a JSON-RPC error to a forwarded request comes
+/// through as the upstream sent it (not replaced, not emptied), and an HTTP error of a call
+/// reaches the client and counts as an error of that tool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_errors_pass_through() {
     let rig = require!(Rig::start_json(None).await);
+    // Changed with issue 6: this used a list request with a bad cursor, which the filter now
+    // answers itself; a prompt without its required argument is refused by the upstream.
     let reply = post(
         &rig.url("demo"),
         &[],
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"bogus"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"greet"}}"#,
     )
     .await;
     assert_eq!(reply.status, 200, "{reply:?}");
@@ -782,9 +880,13 @@ async fn upstream_errors_pass_through() {
     assert_eq!(v["id"], 1, "{v}");
     assert_eq!(v["error"]["code"], -32602, "{v}");
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("bogus"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("argument `name` is required"),
         "the upstream's own error: {v}"
     );
+    assert_eq!(rig.server.jsonrpc_methods(), ["prompts/get"]);
     drop(rig);
 
     // A stateful upstream refuses a call without a session with an HTTP error.
@@ -1165,21 +1267,14 @@ fn refusals() -> Vec<Refusal> {
             r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"long_list_01"}}"#,
         )
         .status(403, -32602, Value::Null),
-        // A virtual server without members.
-        // A virtual server without members: calls are simply not allowed; what would go to
-        // the primary (lists, initialize, notifications) has nowhere to go.
+        // A virtual server without members: calls are simply not allowed; a notification has
+        // nowhere to go. (Changed with issue 6: a list on it used to be refused with -32603
+        // `no_member`; the filter now answers lists itself, an empty one here, see
+        // `hardened_parsing_refuses_before_the_upstream`.)
         refusal("call on a virtual server without members", call_body(31, r#""echo""#, "{}"))
             .on("hollow")
             .status(200, -32602, json!(31))
             .says(&["'echo'", "'hollow'"]),
-        refusal(
-            "list on a virtual server without members",
-            r#"{"jsonrpc":"2.0","id":32,"method":"tools/list"}"#,
-        )
-        .on("hollow")
-        .status(200, -32603, json!(32))
-        .reason("no_member")
-        .says(&["'hollow'"]),
         refusal(
             "no member, no id",
             r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
@@ -1239,6 +1334,17 @@ async fn hardened_parsing_refuses_before_the_upstream() {
         };
         *expected.entry(stat).or_default() += 1;
     }
+
+    // A virtual server without members lists nothing (answered by the filter, issue 6).
+    let reply = post(
+        &rig.url("hollow"),
+        &[],
+        r#"{"jsonrpc":"2.0","id":32,"method":"tools/list"}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["result"]["tools"], json!([]), "{reply:?}");
+    assert!(rig.server.requests().is_empty());
 
     // Positive controls on the same Envoy: escapes that decode to allowed names are allowed
     // (a renamed one is renamed), a base64 `Mcp-Name` that matches is fine (and rewritten to
@@ -1644,7 +1750,8 @@ async fn stats_have_labels_and_exact_counts_in_prometheus() {
         r#"{"jsonrpc":"2.0","id":11,"method":"tools/list"}"#,
     )
     .await);
-    assert_eq!(names(&v["result"]["tools"], "name"), DEMO_TOOLS);
+    // The first page of PAGE_SIZE (changed with issue 6: was the whole filtered upstream page).
+    assert_eq!(names(&v["result"]["tools"], "name"), DEMO_TOOLS[..3]);
     let r = post(&rig.url("ghost"), &[], call_body(12, r#""echo""#, "{}")).await;
     assert_eq!(r.status, 404);
     let r = post(
@@ -1708,12 +1815,13 @@ async fn stats_have_labels_and_exact_counts_in_prometheus() {
         );
         assert!(!stats.contains(made_up), "{made_up} appears in /stats");
     }
-    // The upstream saw exactly the forwarded requests: 4 add, 2 fail, 1 tools/list.
+    // The upstream saw exactly the forwarded requests: 4 add, 2 fail. (Changed with issue 6:
+    // the tools/list, forwarded before, is answered by the filter.)
     assert_eq!(
         rig.server.calls(),
         ["add", "add", "add", "add", "fail", "fail"]
     );
-    assert_eq!(rig.server.requests().len(), 7);
+    assert_eq!(rig.server.requests().len(), 6);
 }
 
 /// Reads `response` until a chunk mentions `needle` (within 30 s); returns what was read.
@@ -1749,7 +1857,7 @@ async fn streamed_call_outcomes_success_client_gone_upstream_reset() {
     let decoy = spawn(TestServerConfig::default()).await.unwrap();
     let filter = FilterConfig {
         wasm_path,
-        policy_json: policy(None),
+        policy_json: policy(addr, None),
     };
     let envoy = Envoy::start_static(
         &envoy_bin,
@@ -1903,7 +2011,7 @@ async fn success_seen_then_client_closes_is_not_an_error() {
     let (addr, upstream) = sse_upstream_that_keeps_the_stream_open().await;
     let filter = FilterConfig {
         wasm_path,
-        policy_json: policy(None),
+        policy_json: policy(addr, None),
     };
     let envoy = Envoy::start_static(&envoy_bin, &[(CLUSTER, addr)], Some(&filter))
         .await
@@ -1948,13 +2056,25 @@ async fn invalid_policy_makes_envoy_refuse_the_filter() {
     let envoy_bin = require!(tools::envoy());
     let wasm_path = require!(tools::filter_wasm());
     let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let sessions = serde_json::to_value(toolmesh_e2e::config::test_sessions()).unwrap();
     for (bad, says) in [
         (
-            json!({"schema_version": 1, "catalog_version": "bad", "virtual_servers": [
-                {"name": "Bad Name", "members": []}
-            ]})
+            json!({"schema_version": 2, "catalog_version": "bad", "sessions": sessions,
+                "virtual_servers": [{"name": "Bad Name", "members": []}]})
             .to_string(),
             r#"virtual_servers[0].name "Bad Name""#,
+        ),
+        // Schema 2: no key to seal sessions with.
+        (
+            json!({"schema_version": 2, "catalog_version": "bad",
+                "virtual_servers": [{"name": "demo", "members": []}]})
+            .to_string(),
+            "sessions.keys",
+        ),
+        // The schema before sessions and definitions.
+        (
+            json!({"schema_version": 1, "catalog_version": "old"}).to_string(),
+            "schema_version 1",
         ),
         (
             json!({"schema_version": 99, "catalog_version": "bad"}).to_string(),
