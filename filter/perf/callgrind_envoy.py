@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ENVOY = os.environ.get("ENVOY", os.path.join(ROOT, ".tools/venv/lib/python3.11/site-packages/envoy/_bin/envoy"))
 BODY = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":3}}}'
 RESULT = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"5"}],"structuredContent":{"sum":5},"isError":false}}'
-POLICY = '{"schema_version":1,"catalog_version":"bench","virtual_servers":[{"name":"bench","members":[{"mcp_server":"upstream","cluster":"mcp_upstream","path":"/mcp","tools":[{"name":"add","upstream_name":"add"},{"name":"echo","upstream_name":"echo"}]}]}]}'
+POLICY = '{"schema_version":2,"catalog_version":"bench","sessions":{"keys":[{"id":"bench","secret":"dG9vbG1lc2gtdGVzdC1zZXNzaW9uLWtleS0zMi1ieXRlcyEhIQ"}]},"virtual_servers":[{"name":"bench","members":[{"mcp_server":"upstream","cluster":"mcp_upstream","path":"/mcp","authority":"127.0.0.1","tools":[{"name":"add","upstream_name":"add"},{"name":"echo","upstream_name":"echo"}]}]}]}'
 D = os.environ.get("OUT", "/tmp/toolmesh-callgrind"); os.makedirs(D, exist_ok=True)
 def port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p

@@ -35,6 +35,10 @@ pub mod codes {
     pub const RESOURCE_NOT_FOUND: i64 = -32002;
     /// MCP 2026-07-28 header mismatch (`Mcp-Method`/`Mcp-Name` vs body).
     pub const HEADER_MISMATCH: i64 = -32020;
+    /// MCP 2026-07-28 "unsupported protocol version" (answers `server/discover`).
+    pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+    /// Session not found (with HTTP 404, so clients initialize again).
+    pub const SESSION_NOT_FOUND: i64 = -32001;
 }
 
 /// The request headers the filter looks at (values as sent; names are lowercase in Envoy).
@@ -54,6 +58,14 @@ pub struct RequestHead<'a> {
     pub mcp_method: Option<&'a str>,
     /// `mcp-name` (protocol 2026-07-28).
     pub mcp_name: Option<&'a str>,
+    /// `:authority` (the `Host`).
+    pub authority: Option<&'a str>,
+    /// `origin`.
+    pub origin: Option<&'a str>,
+    /// `mcp-session-id`.
+    pub session_id: Option<&'a str>,
+    /// `mcp-protocol-version`.
+    pub protocol_version: Option<&'a str>,
     /// The request has no body (headers end the stream).
     pub end_of_stream: bool,
     /// The first header the filter decides on (`content-type`, `content-encoding`,
@@ -74,14 +86,14 @@ pub const INTERNAL_PREFIX: &str = "x-toolmesh-";
 /// repetition cannot hide a value from the checks.
 #[derive(Debug, Default)]
 pub struct RequestHeaders<'a> {
-    values: [Option<Cow<'a, str>>; 7],
+    values: [Option<Cow<'a, str>>; 11],
     invalid_utf8: Option<&'static str>,
     /// Client headers with the gateway's internal prefix ([`INTERNAL_PREFIX`]), to remove.
     pub internal: Vec<&'a str>,
 }
 
 /// The headers [`RequestHeaders`] keeps, in slot order.
-const READ_HEADERS: [&str; 7] = [
+const READ_HEADERS: [&str; 11] = [
     ":method",
     ":path",
     "content-type",
@@ -89,6 +101,10 @@ const READ_HEADERS: [&str; 7] = [
     "content-length",
     "mcp-method",
     "mcp-name",
+    ":authority",
+    "origin",
+    "mcp-session-id",
+    "mcp-protocol-version",
 ];
 
 impl<'a> RequestHeaders<'a> {
@@ -145,6 +161,10 @@ impl<'a> RequestHeaders<'a> {
             content_length: self.get(4),
             mcp_method: self.get(5),
             mcp_name: self.get(6),
+            authority: self.get(7),
+            origin: self.get(8),
+            session_id: self.get(9),
+            protocol_version: self.get(10),
             end_of_stream,
             invalid_utf8: self.invalid_utf8,
         }
@@ -160,6 +180,20 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// `WWW-Authenticate` header (token refusals only).
     pub www_authenticate: Option<String>,
+    /// Further response headers (`mcp-session-id` of a new session, `allow`).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    /// A JSON-RPC reply (`content-type: application/json` unless `body` is empty).
+    pub fn new(status: u16, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            body,
+            www_authenticate: None,
+            headers: Vec::new(),
+        }
+    }
 }
 
 /// Where and how to forward an allowed request.
@@ -173,6 +207,22 @@ pub struct Route {
     pub body: Option<Vec<u8>>,
     /// Replacement `mcp-name` header value.
     pub mcp_name: Option<String>,
+    /// What to do with the client's `mcp-session-id` (set by the flow from the sealed session).
+    pub session: SessionHeader,
+    /// Replacement `mcp-protocol-version` (the version the member negotiated).
+    pub protocol_version: Option<String>,
+}
+
+/// The `mcp-session-id` header a forwarded request carries upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SessionHeader {
+    /// Leave it (the client sent none).
+    #[default]
+    Keep,
+    /// Replace the client's sealed id with the member's own session id.
+    Set(String),
+    /// Remove it (a stateless member).
+    Remove,
 }
 
 /// A tool of the policy, as named in stats.
@@ -193,8 +243,49 @@ pub struct Forward {
     pub method: MethodStat,
     /// For `tools/call`: the tool (per-tool stats).
     pub tool: Option<ToolRef>,
-    /// For list methods: which list, and the member whose response is filtered.
-    pub list: Option<(ListKind, usize)>,
+    /// The member it goes to (index in the virtual server).
+    pub member: usize,
+    /// The JSON-RPC id, if any.
+    pub id: Option<Id>,
+}
+
+/// What the filter answers itself, from the policy (see [`crate::local`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalKind {
+    /// `initialize`: open the members' sessions, then answer with the negotiated version.
+    Initialize {
+        /// The protocol version to answer with.
+        version: &'static str,
+    },
+    /// A request whose result is `{}` (`ping`; `logging/setLevel` when no member logs).
+    Empty,
+    /// A notification or client response nobody upstream needs: 202, no body.
+    Accepted,
+    /// One page of a list.
+    List {
+        /// Which list.
+        kind: ListKind,
+        /// `params.cursor`.
+        cursor: Option<String>,
+    },
+    /// `server/discover`: the gateway does not speak protocol 2026-07-28 yet (-32022).
+    Discover {
+        /// The version the client asked for.
+        requested: String,
+    },
+    /// DELETE on a virtual server of several members: close every member session.
+    CloseSessions,
+}
+
+/// A request the filter answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// What to answer.
+    pub kind: LocalKind,
+    /// Index of the virtual server in the policy.
+    pub vs: usize,
+    /// The request kind, for `rq` stats.
+    pub method: MethodStat,
     /// The JSON-RPC id, if any.
     pub id: Option<Id>,
 }
@@ -220,6 +311,8 @@ pub struct Deny {
 pub enum HeadDecision {
     /// Forward now (bodiless GET/DELETE).
     Forward(Forward),
+    /// Answer locally (DELETE on a virtual server of several members).
+    Local(Local),
     /// Refuse now.
     Deny(Deny),
     /// Buffer the body, then call [`decide_body`].
@@ -239,6 +332,8 @@ pub struct Pending {
     pub mcp_method: Option<String>,
     /// `mcp-name`, if sent.
     pub mcp_name: Option<String>,
+    /// `mcp-protocol-version`, if sent.
+    pub protocol_version: Option<String>,
     /// The body cap.
     pub max_body: usize,
 }
@@ -248,6 +343,8 @@ pub struct Pending {
 pub enum BodyDecision {
     /// Forward.
     Forward(Forward),
+    /// Answer locally.
+    Local(Local),
     /// Refuse.
     Deny(Deny),
 }
@@ -277,20 +374,15 @@ pub fn parse_path(path: &str) -> Option<(&str, Option<&str>)> {
 }
 
 fn reply(id: Option<&Id>, code: i64, message: &str, status_without_id: u16) -> Reply {
-    Reply {
-        status: if id.is_some() { 200 } else { status_without_id },
-        body: jsonrpc::error_body(id, code, message),
-        www_authenticate: None,
-    }
+    Reply::new(
+        if id.is_some() { 200 } else { status_without_id },
+        jsonrpc::error_body(id, code, message),
+    )
 }
 
 fn deny_global(reason: Reason, status: u16, code: i64, message: &str, id: Option<&Id>) -> Deny {
     Deny {
-        reply: Reply {
-            status,
-            body: jsonrpc::error_body(id, code, message),
-            www_authenticate: None,
-        },
+        reply: Reply::new(status, jsonrpc::error_body(id, code, message)),
         reason,
         vs: None,
         method: None,
@@ -332,6 +424,27 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
             tool: None,
         })
     };
+    if let Some(vs) = vs
+        && let Some(bad) = foreign_host(policy, head)
+    {
+        return HeadDecision::Deny(Deny {
+            reply: Reply::new(
+                403,
+                jsonrpc::error_body(
+                    None,
+                    codes::INVALID_REQUEST,
+                    &format!(
+                        "Host '{}' is not allowed on this gateway (DNS-rebinding protection)",
+                        echo(bad)
+                    ),
+                ),
+            ),
+            reason: Reason::BadHost,
+            vs: Some(vs.index),
+            method: None,
+            tool: None,
+        });
+    }
     if let Some(name) = head.invalid_utf8 {
         return match vs {
             None => HeadDecision::Deny(unknown_vs(vs_name, None)),
@@ -362,17 +475,51 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
             let Some(primary) = vs.primary() else {
                 return HeadDecision::Deny(no_member(vs, None, Some(method)));
             };
+            if vs.members.len() > 1 {
+                // Several upstream notification streams cannot be merged into one response
+                // (proxy-wasm has no fan-in); the spec allows 405 for GET.
+                if method == MethodStat::HttpGet {
+                    let mut reply = Reply::new(
+                        405,
+                        jsonrpc::error_body(
+                            None,
+                            codes::INVALID_REQUEST,
+                            &format!(
+                                "Virtual server '{}' has several MCP servers: it offers no \
+                                 notification stream (GET); use POST",
+                                vs.name
+                            ),
+                        ),
+                    );
+                    reply.headers.push(("allow", "POST, DELETE".to_owned()));
+                    return HeadDecision::Deny(Deny {
+                        reply,
+                        reason: Reason::HttpMethod,
+                        vs: Some(vs.index),
+                        method: Some(method),
+                        tool: None,
+                    });
+                }
+                return HeadDecision::Local(Local {
+                    kind: LocalKind::CloseSessions,
+                    vs: vs.index,
+                    method,
+                    id: None,
+                });
+            }
             HeadDecision::Forward(Forward {
                 route: Route {
                     cluster: Rc::clone(&primary.cluster),
                     path: new_path(&primary.path, query),
                     body: None,
                     mcp_name: None,
+                    session: SessionHeader::Keep,
+                    protocol_version: None,
                 },
                 vs: vs.index,
                 method,
                 tool: None,
-                list: None,
+                member: 0,
                 id: None,
             })
         }
@@ -427,6 +574,7 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
                 query: query.map(str::to_owned),
                 mcp_method: head.mcp_method.map(str::to_owned),
                 mcp_name: head.mcp_name.map(str::to_owned),
+                protocol_version: head.protocol_version.map(str::to_owned),
                 max_body: policy.max_body_bytes,
             })
         }
@@ -439,6 +587,46 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
             ),
         },
     }
+}
+
+/// The host part of an authority (`host[:port]`, `[v6]:port`), lowercased.
+fn host_of(authority: &str) -> String {
+    let a = authority.trim();
+    let host = if let Some(rest) = a.strip_prefix('[') {
+        rest.split_once(']')
+            .map_or(a, |(h, _)| a.get(..h.len() + 2).unwrap_or(a))
+    } else {
+        match a.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => a,
+        }
+    };
+    host.to_ascii_lowercase()
+}
+
+/// Is `host` (lowercase, no port) one the gateway answers for?
+fn host_allowed(policy: &CompiledPolicy, host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+        || policy.public_host.as_deref() == Some(host)
+        || policy
+            .allowed_hosts
+            .iter()
+            .any(|h| h == "*" || h.as_str() == host)
+}
+
+/// The first of `Host` and `Origin` that names a host the gateway does not answer for
+/// (DNS-rebinding protection: once Envoy rewrites `Host`, the upstream cannot check it).
+fn foreign_host<'h>(policy: &CompiledPolicy, head: &'h RequestHead<'_>) -> Option<&'h str> {
+    if let Some(a) = head.authority
+        && !host_allowed(policy, &host_of(a))
+    {
+        return Some(a);
+    }
+    let origin = head.origin?;
+    let authority = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest.split('/').next().unwrap_or(rest));
+    (!host_allowed(policy, &host_of(authority))).then_some(origin)
 }
 
 fn too_large(max: usize) -> String {
@@ -533,6 +721,16 @@ pub fn decide_body(policy: &CompiledPolicy, pending: &Pending, body: &[u8]) -> B
     }
 }
 
+/// The `params` fields the filter reads for the requests it answers itself.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Params {
+    #[serde(default)]
+    protocol_version: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
 struct Ctx<'a> {
     vs: &'a CompiledVs,
     pending: &'a Pending,
@@ -619,7 +817,6 @@ impl Ctx<'_> {
         mcp_name: Option<String>,
         tool: Option<ToolRef>,
     ) -> BodyDecision {
-        let list = msg.method.as_deref().and_then(ListKind::of);
         let Some(m) = self.vs.member(member) else {
             return BodyDecision::Deny(no_member(self.vs, msg.id.as_ref(), Some(method)));
         };
@@ -629,13 +826,36 @@ impl Ctx<'_> {
                 path: new_path(&m.path, self.pending.query.as_deref()),
                 body,
                 mcp_name,
+                session: SessionHeader::Keep,
+                protocol_version: None,
             },
             vs: self.vs.index,
             method,
             tool,
-            list: list.map(|k| (k, member)),
+            member,
             id: msg.id.clone(),
         })
+    }
+
+    fn local(&self, msg: &Message<'_>, method: MethodStat, kind: LocalKind) -> BodyDecision {
+        BodyDecision::Local(Local {
+            kind,
+            vs: self.vs.index,
+            method,
+            id: msg.id.clone(),
+        })
+    }
+
+    /// `params.protocolVersion` / `params.cursor` (read only for `initialize` and lists).
+    fn params(&self) -> Params {
+        #[derive(serde::Deserialize, Default)]
+        struct Envelope {
+            #[serde(default)]
+            params: Params,
+        }
+        serde_json::from_slice::<Envelope>(self.body)
+            .map(|e| e.params)
+            .unwrap_or_default()
     }
 
     /// Replace the JSON string at `field.span` with `new` (JSON-encoded).
@@ -673,17 +893,54 @@ impl Ctx<'_> {
             });
         }
         let Some(name) = msg.method.as_deref() else {
-            // A client's JSON-RPC response (to sampling, elicitation, roots): primary.
+            // A client's JSON-RPC response (to sampling, elicitation, roots): the server that
+            // asked is not recorded anywhere, so it goes to the primary (with one member, the
+            // only one).
             return self.forward(0, msg, method, None, None, None);
         };
         match name {
+            // Name-bearing methods are checked against the allowlist whether or not they carry
+            // an id (a "notification" must not slip a call past the check).
             "tools/call" => self.named(msg, method, NamedKind::Tool),
             "prompts/get" => self.named(msg, method, NamedKind::Prompt),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 self.resource(msg, method, name == "resources/read")
             }
             "completion/complete" => self.completion(msg, method),
-            _ => self.forward(0, msg, method, None, None, None),
+            // A notification: with one member it is that member's business (cancellation,
+            // progress, roots); with several, which member it concerns is unknown.
+            _ if msg.id.is_none() => {
+                if self.vs.members.len() == 1 {
+                    self.forward(0, msg, method, None, None, None)
+                } else {
+                    self.local(msg, method, LocalKind::Accepted)
+                }
+            }
+            "initialize" => {
+                let params = self.params();
+                let version = crate::local::negotiate_version(params.protocol_version.as_deref());
+                self.local(msg, method, LocalKind::Initialize { version })
+            }
+            "ping" => self.local(msg, method, LocalKind::Empty),
+            "server/discover" => {
+                let requested = self
+                    .pending
+                    .protocol_version
+                    .clone()
+                    .unwrap_or_else(|| "2026-07-28".to_owned());
+                self.local(msg, method, LocalKind::Discover { requested })
+            }
+            "logging/setLevel" => match self.vs.members.iter().position(|m| m.logging) {
+                Some(i) => self.forward(i, msg, method, None, None, None),
+                None => self.local(msg, method, LocalKind::Empty),
+            },
+            _ => match ListKind::of(name) {
+                Some(kind) => {
+                    let cursor = self.params().cursor;
+                    self.local(msg, method, LocalKind::List { kind, cursor })
+                }
+                None => self.forward(0, msg, method, None, None, None),
+            },
         }
     }
 

@@ -4,24 +4,26 @@
 //! proxy-wasm callback's inputs as plain values (headers, body bytes, status, the current time)
 //! and answers with plain actions (forward with this route, reply with this body, replace this
 //! chunk), accumulating the stat updates the shell then applies. The whole request lifecycle,
-//! stats included, is therefore tested natively (see `tests` below).
+//! stats included, is therefore tested natively (`filter/tests/flow.rs`).
+//!
+//! Requests the filter answers itself ([`crate::decide::Local`]) either reply at once (lists,
+//! `ping`) or first make calls of their own to the members ([`Callout`]s: opening member
+//! sessions on `initialize`, closing them on DELETE); the shell dispatches those and feeds each
+//! answer back through [`Flow::on_callout_response`] until the flow replies.
 
 use std::rc::Rc;
 
 use crate::auth::{AUTH_ERROR_CODE, Refusal, TokenFacts};
 use crate::decide::{
-    BodyDecision, Deny, Forward, HeadDecision, Pending, Reply, RequestHead, Route, ToolRef,
-    body_too_large, decide_body, decide_head, trailers_refused,
+    BodyDecision, Deny, Forward, HeadDecision, Local, LocalKind, Pending, Reply, RequestHead,
+    Route, SessionHeader, ToolRef, body_too_large, codes, decide_body, decide_head,
+    trailers_refused,
 };
 use crate::jsonrpc::Id;
-use crate::lists::{self, ListKind};
 use crate::outcome::{BodyKind, CallObserver};
-use crate::policy::CompiledPolicy;
-use crate::sse::SseSplitter;
-use crate::stats::{StatKey, StatOp, ToolMetric};
-
-/// Largest incomplete SSE event of a list response the filter holds (bytes).
-pub const LIST_EVENT_CAP: usize = 8 * 1024 * 1024;
+use crate::policy::{CompiledPolicy, CompiledVs};
+use crate::session::{self, MemberSession, SessionClaims};
+use crate::stats::{Reason, StatKey, StatOp, ToolMetric};
 
 /// Smallest cap on the copy of a `tools/call` JSON response kept to read its outcome.
 pub const MIN_OBSERVE_CAP: usize = 1024 * 1024;
@@ -32,10 +34,56 @@ pub enum RequestAction {
     /// Apply the route (`x-toolmesh-cluster`, `:path`, body + `content-length` + `mcp-name` if
     /// rewritten), clear the route cache, continue.
     Forward(Route),
-    /// Send this local reply (`content-type: application/json`) and stop.
+    /// Send this local reply (`content-type: application/json` unless the body is empty)
+    /// and stop.
     Deny(Reply),
     /// Pause and buffer the body; call [`Flow::on_request_body`] at its end.
     ReadBody,
+    /// Keep the request paused, make these calls, and feed each answer to
+    /// [`Flow::on_callout_response`].
+    Callouts(Vec<Callout>),
+}
+
+/// An HTTP call the filter makes itself to a member (proxy-wasm `dispatch_http_call`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callout {
+    /// Handed back with the answer.
+    pub key: u32,
+    /// The member's Envoy cluster.
+    pub cluster: Rc<str>,
+    /// Request headers, pseudo-headers (`:method`, `:path`, `:authority`) included.
+    pub headers: Vec<(&'static str, String)>,
+    /// The body, if any.
+    pub body: Option<Vec<u8>>,
+    /// How long to wait for the answer.
+    pub timeout_ms: u32,
+    /// What the call is for, for logs (`initialize of 'x'`).
+    pub label: String,
+}
+
+/// The answer to a [`Callout`] (`None` in [`Flow::on_callout_response`] when it failed: reset,
+/// timeout, no such cluster).
+#[derive(Debug, Clone, Copy)]
+pub struct CalloutResponse<'a> {
+    /// HTTP status.
+    pub status: u16,
+    /// `mcp-session-id`.
+    pub session_id: Option<&'a str>,
+    /// `content-type`.
+    pub content_type: Option<&'a str>,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// What to do after a callout's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CalloutAction {
+    /// Wait for the other answers.
+    Wait,
+    /// Make these further calls.
+    Dispatch(Vec<Callout>),
+    /// Answer the client and stop.
+    Reply(Reply),
 }
 
 /// How the shell should handle the response body.
@@ -45,26 +93,43 @@ pub enum ResponseBodyMode {
     Pass,
     /// Let each chunk through, but call [`Flow::on_response_body`] with it (and at the end).
     Observe,
-    /// Pause until the end; then call [`Flow::on_response_body`] with the whole body and
-    /// replace it with the answer.
-    Buffer,
-    /// Call [`Flow::on_response_body`] with each chunk and replace the chunk with the answer.
-    Stream,
 }
 
 /// What to do with the response headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseHeadersAction {
-    /// Remove `content-length` (the body will change size).
-    pub remove_content_length: bool,
     /// How to treat the body.
     pub body: ResponseBodyMode,
 }
 
 const PASS: ResponseHeadersAction = ResponseHeadersAction {
-    remove_content_length: false,
     body: ResponseBodyMode::Pass,
 };
+
+/// A member's progress while a client's session opens or closes.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// `initialize` sent.
+    Initializing,
+    /// `notifications/initialized` sent on this upstream session.
+    Notifying {
+        session_id: String,
+        protocol_version: String,
+    },
+    /// DELETE sent.
+    Closing,
+    /// Nothing more to do.
+    Done(MemberSession),
+}
+
+/// A local answer waiting for callouts.
+#[derive(Debug)]
+struct Pending2 {
+    kind: LocalKind,
+    vs: usize,
+    id: Option<Id>,
+    slots: Vec<Slot>,
+}
 
 #[derive(Debug)]
 enum Phase {
@@ -74,6 +139,8 @@ enum Phase {
     Refused(Refusal, Option<usize>),
     Denied,
     Forwarded,
+    /// Answering locally after callouts.
+    Calling(Pending2),
 }
 
 #[derive(Debug)]
@@ -85,16 +152,6 @@ struct Call {
     done: bool,
 }
 
-#[derive(Debug)]
-struct List {
-    kind: ListKind,
-    member: usize,
-    vs: usize,
-    id: Option<Id>,
-    sse: Option<SseSplitter>,
-    failed: bool,
-}
-
 /// One HTTP request through the filter.
 #[derive(Debug)]
 pub struct Flow {
@@ -103,9 +160,16 @@ pub struct Flow {
     started_ms: u64,
     stats: Vec<StatOp>,
     call: Option<Call>,
-    list: Option<List>,
     response_mode: ResponseBodyMode,
     refusal: Option<Refusal>,
+    /// The verified token's id (`""`: anonymous, or no token checks): sessions are bound to it.
+    caller: String,
+    /// The client's `mcp-session-id`.
+    session_id: Option<String>,
+    /// The upstream response's `mcp-session-id` must go (the client keeps the sealed one).
+    strip_session: bool,
+    /// Lines for the shell to log (member failures).
+    notes: Vec<String>,
 }
 
 impl Flow {
@@ -117,9 +181,12 @@ impl Flow {
             started_ms: 0,
             stats: Vec::new(),
             call: None,
-            list: None,
             response_mode: ResponseBodyMode::Pass,
             refusal: None,
+            caller: String::new(),
+            session_id: None,
+            strip_session: false,
+            notes: Vec::new(),
         }
     }
 
@@ -140,6 +207,17 @@ impl Flow {
             .auth
             .as_ref()
             .and_then(|a| a.check(vs, facts, now_s));
+        self.caller = facts.jti.clone().unwrap_or_default();
+    }
+
+    /// Lines the shell should log at warning level (member sessions that failed to open).
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// Must the shell remove `mcp-session-id` from the upstream's response headers?
+    pub fn strips_response_session(&self) -> bool {
+        self.strip_session
     }
 
     /// The answer to a GET of the protected resource metadata (RFC 9728), if `path` is one.
@@ -154,9 +232,11 @@ impl Flow {
     fn refuse(&mut self, r: Refusal, vs: Option<usize>, id: Option<&Id>) -> RequestAction {
         self.deny(Deny {
             reply: Reply {
-                status: r.status,
-                body: crate::jsonrpc::error_body(id, AUTH_ERROR_CODE, &r.message),
                 www_authenticate: Some(r.www_authenticate),
+                ..Reply::new(
+                    r.status,
+                    crate::jsonrpc::error_body(id, AUTH_ERROR_CODE, &r.message),
+                )
             },
             reason: r.reason,
             vs,
@@ -213,9 +293,9 @@ impl Flow {
     }
 
     /// Does [`Flow::on_response_headers`] need the response headers? (Only forwarded calls
-    /// and lists look at the response; the shell skips reading headers otherwise.)
+    /// look at the response; the shell skips reading headers otherwise.)
     pub fn wants_response(&self) -> bool {
-        matches!(self.phase, Phase::Forwarded) && (self.call.is_some() || self.list.is_some())
+        matches!(self.phase, Phase::Forwarded) && self.call.is_some()
     }
 
     /// Is a forwarded call still waiting for the end of its response? ([`Flow::on_done`]
@@ -230,8 +310,10 @@ impl Flow {
         if let Some(r) = self.refusal.take() {
             return self.refuse_head(r, head);
         }
+        self.session_id = head.session_id.map(str::to_owned);
         match decide_head(&self.policy, head) {
             HeadDecision::Forward(f) => self.forward(f, now_ms),
+            HeadDecision::Local(l) => self.local(l, now_ms),
             HeadDecision::Deny(d) => self.deny(d),
             HeadDecision::ReadBody(p) => {
                 self.phase = Phase::ReadingBody(p);
@@ -293,11 +375,89 @@ impl Flow {
         };
         match decide_body(&self.policy, p, body) {
             BodyDecision::Forward(f) => self.forward(f, now_ms),
+            BodyDecision::Local(l) => self.local(l, now_ms),
             BodyDecision::Deny(d) => self.deny(d),
         }
     }
 
-    fn forward(&mut self, f: Forward, now_ms: u64) -> RequestAction {
+    /// Open and check the client's session id for virtual server `vs`: `Ok(None)` without
+    /// one; `Err` (a 404 denial) when it fails verification or belongs to another virtual
+    /// server or caller.
+    fn session_claims(
+        &self,
+        vs: &CompiledVs,
+        id: Option<&Id>,
+        method: crate::stats::MethodStat,
+    ) -> Result<Option<SessionClaims>, Deny> {
+        let Some(sid) = self.session_id.as_deref() else {
+            return Ok(None);
+        };
+        match session::open(&self.policy.sessions, sid) {
+            Ok(c) if c.virtual_server == vs.name && c.caller == self.caller => Ok(Some(c)),
+            _ => Err(Deny {
+                reply: Reply::new(
+                    404,
+                    crate::jsonrpc::error_body(
+                        id,
+                        codes::SESSION_NOT_FOUND,
+                        "Session not found: initialize a new session",
+                    ),
+                ),
+                reason: Reason::SessionInvalid,
+                vs: Some(vs.index),
+                method: Some(method),
+                tool: None,
+            }),
+        }
+    }
+
+    fn forward(&mut self, mut f: Forward, now_ms: u64) -> RequestAction {
+        let policy = Rc::clone(&self.policy);
+        if let Some(vs) = policy.virtual_server_at(f.vs)
+            && self.session_id.is_some()
+        {
+            let claims = match self.session_claims(vs, f.id.as_ref(), f.method) {
+                Ok(c) => c,
+                Err(d) => return self.deny(d),
+            };
+            let member = vs.member(f.member);
+            let state = claims
+                .as_ref()
+                .zip(member)
+                .and_then(|(c, m)| c.member(&m.mcp_server));
+            match state {
+                Some(MemberSession::Open {
+                    session_id,
+                    protocol_version,
+                }) => {
+                    f.route.session = SessionHeader::Set(session_id.clone());
+                    f.route.protocol_version = Some(protocol_version.clone());
+                }
+                Some(MemberSession::Failed) => {
+                    let name = member.map_or("", |m| m.mcp_server.as_str());
+                    return self.deny(Deny {
+                        reply: Reply::new(
+                            if f.id.is_some() { 200 } else { 503 },
+                            crate::jsonrpc::error_body(
+                                f.id.as_ref(),
+                                codes::INTERNAL_ERROR,
+                                &format!(
+                                    "MCP server '{name}' is unavailable in this session (it \
+                                     failed to initialize); initialize a new session to retry"
+                                ),
+                            ),
+                        ),
+                        reason: Reason::MemberUnavailable,
+                        vs: Some(f.vs),
+                        method: Some(f.method),
+                        tool: f.tool,
+                    });
+                }
+                // Stateless, or a member that joined after the session opened.
+                Some(MemberSession::Stateless) | None => f.route.session = SessionHeader::Remove,
+            }
+            self.strip_session = true;
+        }
         self.phase = Phase::Forwarded;
         self.stats.push(StatOp::inc(vs_rq(f.vs, f.method)));
         if let Some(t) = &f.tool {
@@ -312,17 +472,288 @@ impl Flow {
                 done: false,
             });
         }
-        if let Some((kind, member)) = f.list {
-            self.list = Some(List {
-                kind,
-                member,
-                vs: f.vs,
-                id: f.id.clone(),
-                sse: None,
-                failed: false,
-            });
-        }
         RequestAction::Forward(f.route)
+    }
+
+    fn result_reply(id: Option<&Id>, result: &str) -> Reply {
+        let id = id.map_or_else(|| "null".to_owned(), Id::to_json);
+        Reply::new(
+            200,
+            format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#).into_bytes(),
+        )
+    }
+
+    /// A request the filter answers itself.
+    fn local(&mut self, l: Local, now_ms: u64) -> RequestAction {
+        let policy = Rc::clone(&self.policy);
+        let Some(vs) = policy.virtual_server_at(l.vs) else {
+            return RequestAction::Deny(Reply::new(404, Vec::new()));
+        };
+        // Every request but a new session's must carry a session of this virtual server and
+        // caller, if it carries one at all.
+        let claims = match &l.kind {
+            LocalKind::Initialize { .. } | LocalKind::Discover { .. } => None,
+            _ => match self.session_claims(vs, l.id.as_ref(), l.method) {
+                Ok(c) => c,
+                Err(d) => return self.deny(d),
+            },
+        };
+        self.stats.push(StatOp::inc(vs_rq(l.vs, l.method)));
+        self.phase = Phase::Denied;
+        let id = l.id.as_ref();
+        match &l.kind {
+            LocalKind::Empty => RequestAction::Deny(Self::result_reply(id, "{}")),
+            LocalKind::Accepted => RequestAction::Deny(Reply::new(202, Vec::new())),
+            LocalKind::List { kind, cursor } => {
+                match crate::local::list_result(&policy, vs, *kind, cursor.as_deref()) {
+                    Ok(result) => RequestAction::Deny(Self::result_reply(id, &result)),
+                    Err(_) => RequestAction::Deny(Reply::new(
+                        200,
+                        crate::jsonrpc::error_body(
+                            id,
+                            codes::INVALID_PARAMS,
+                            "Invalid cursor: start the list again without one",
+                        ),
+                    )),
+                }
+            }
+            LocalKind::Discover { requested } => {
+                let id_json = id.map_or_else(|| "null".to_owned(), Id::to_json);
+                let data = crate::local::discover_error_data(requested);
+                let message = serde_json::to_string(&format!(
+                    "Unsupported protocol version '{requested}': this gateway speaks {}",
+                    crate::local::SUPPORTED_PROTOCOL_VERSIONS.join(", ")
+                ))
+                .unwrap_or_else(|_| "\"Unsupported protocol version\"".to_owned());
+                RequestAction::Deny(Reply::new(
+                    200,
+                    format!(
+                        r#"{{"jsonrpc":"2.0","id":{id_json},"error":{{"code":{},"message":{message},"data":{data}}}}}"#,
+                        codes::UNSUPPORTED_PROTOCOL_VERSION
+                    )
+                    .into_bytes(),
+                ))
+            }
+            LocalKind::Initialize { version } => {
+                let timeout_ms = policy.member_timeout_ms;
+                let body = crate::local::member_initialize_body(version);
+                let mut calls = Vec::with_capacity(vs.members.len());
+                for (i, m) in vs.members.iter().enumerate() {
+                    calls.push(Callout {
+                        key: u32::try_from(i).unwrap_or(u32::MAX),
+                        cluster: Rc::clone(&m.cluster),
+                        headers: member_headers(m, None, None),
+                        body: Some(body.clone()),
+                        timeout_ms,
+                        label: format!("initialize of MCP server '{}'", m.mcp_server),
+                    });
+                }
+                self.started_ms = now_ms;
+                self.phase = Phase::Calling(Pending2 {
+                    slots: vec![Slot::Initializing; vs.members.len()],
+                    kind: l.kind.clone(),
+                    vs: l.vs,
+                    id: l.id.clone(),
+                });
+                if calls.is_empty() {
+                    return match self.finish_local() {
+                        Some(r) => RequestAction::Deny(r),
+                        None => RequestAction::Deny(Reply::new(500, Vec::new())),
+                    };
+                }
+                RequestAction::Callouts(calls)
+            }
+            LocalKind::CloseSessions => {
+                let Some(claims) = claims else {
+                    return RequestAction::Deny(Reply::new(
+                        400,
+                        crate::jsonrpc::error_body(
+                            None,
+                            codes::INVALID_REQUEST,
+                            "DELETE needs the Mcp-Session-Id of the session to end",
+                        ),
+                    ));
+                };
+                let mut slots = Vec::with_capacity(vs.members.len());
+                let mut calls = Vec::new();
+                for (i, m) in vs.members.iter().enumerate() {
+                    match claims.member(&m.mcp_server) {
+                        Some(MemberSession::Open {
+                            session_id,
+                            protocol_version,
+                        }) => {
+                            let mut headers = member_headers(
+                                m,
+                                Some(session_id.as_str()),
+                                Some(protocol_version.as_str()),
+                            );
+                            if let Some(h) = headers.first_mut() {
+                                h.1 = "DELETE".to_owned();
+                            }
+                            calls.push(Callout {
+                                key: u32::try_from(i).unwrap_or(u32::MAX),
+                                cluster: Rc::clone(&m.cluster),
+                                headers,
+                                body: None,
+                                timeout_ms: policy.member_timeout_ms,
+                                label: format!("session end at MCP server '{}'", m.mcp_server),
+                            });
+                            slots.push(Slot::Closing);
+                        }
+                        _ => slots.push(Slot::Done(MemberSession::Stateless)),
+                    }
+                }
+                if calls.is_empty() {
+                    return RequestAction::Deny(Reply::new(200, Vec::new()));
+                }
+                self.phase = Phase::Calling(Pending2 {
+                    slots,
+                    kind: l.kind.clone(),
+                    vs: l.vs,
+                    id: None,
+                });
+                RequestAction::Callouts(calls)
+            }
+        }
+    }
+
+    /// The answer to callout `key` (`None`: it failed: reset, timeout, no such cluster).
+    pub fn on_callout_response(
+        &mut self,
+        key: u32,
+        response: Option<CalloutResponse<'_>>,
+    ) -> CalloutAction {
+        let policy = Rc::clone(&self.policy);
+        let Phase::Calling(p) = &mut self.phase else {
+            return CalloutAction::Wait;
+        };
+        let Some(vs) = policy.virtual_server_at(p.vs) else {
+            return CalloutAction::Wait;
+        };
+        let i = usize::try_from(key).unwrap_or(usize::MAX);
+        let (Some(slot), Some(member)) = (p.slots.get_mut(i), vs.members.get(i)) else {
+            return CalloutAction::Wait;
+        };
+        let mut next = None;
+        let mut failed: Option<String> = None;
+        *slot = match std::mem::replace(slot, Slot::Done(MemberSession::Failed)) {
+            Slot::Initializing => match response {
+                Some(r) if (200..300).contains(&r.status) => {
+                    match crate::local::parse_member_initialize(r.content_type, r.body) {
+                        Ok(version) => match r.session_id {
+                            Some(sid) if !sid.is_empty() => {
+                                next = Some(Callout {
+                                    key,
+                                    cluster: Rc::clone(&member.cluster),
+                                    headers: member_headers(member, Some(sid), Some(&version)),
+                                    body: Some(crate::local::INITIALIZED_NOTIFICATION.to_vec()),
+                                    timeout_ms: policy.member_timeout_ms,
+                                    label: format!(
+                                        "notifications/initialized to MCP server '{}'",
+                                        member.mcp_server
+                                    ),
+                                });
+                                Slot::Notifying {
+                                    session_id: sid.to_owned(),
+                                    protocol_version: version,
+                                }
+                            }
+                            _ => Slot::Done(MemberSession::Stateless),
+                        },
+                        Err(why) => {
+                            failed = Some(format!("its initialize answer is unusable: {why}"));
+                            Slot::Done(MemberSession::Failed)
+                        }
+                    }
+                }
+                Some(r) => {
+                    failed = Some(format!("initialize answered HTTP {}", r.status));
+                    Slot::Done(MemberSession::Failed)
+                }
+                None => {
+                    failed = Some("initialize failed (no answer in time, or reset)".to_owned());
+                    Slot::Done(MemberSession::Failed)
+                }
+            },
+            Slot::Notifying {
+                session_id,
+                protocol_version,
+            } => match response {
+                Some(r) if r.status < 400 => Slot::Done(MemberSession::Open {
+                    session_id,
+                    protocol_version,
+                }),
+                other => {
+                    failed = Some(match other {
+                        Some(r) => format!("notifications/initialized answered HTTP {}", r.status),
+                        None => "notifications/initialized failed (no answer in time, or reset)"
+                            .to_owned(),
+                    });
+                    Slot::Done(MemberSession::Failed)
+                }
+            },
+            Slot::Closing => Slot::Done(MemberSession::Stateless),
+            done @ Slot::Done(_) => done,
+        };
+        if let Some(why) = failed {
+            self.notes.push(format!(
+                "virtual server '{}': MCP server '{}' is left out of the new session: {why}",
+                vs.name, member.mcp_server
+            ));
+            self.stats.push(StatOp::inc(StatKey::VsDenied {
+                vs: index(p.vs),
+                reason: Reason::MemberInitFailed,
+            }));
+        }
+        if let Some(call) = next {
+            return CalloutAction::Dispatch(vec![call]);
+        }
+        match self.finish_local() {
+            Some(r) => CalloutAction::Reply(r),
+            None => CalloutAction::Wait,
+        }
+    }
+
+    /// The reply, once every member is done.
+    fn finish_local(&mut self) -> Option<Reply> {
+        let policy = Rc::clone(&self.policy);
+        let Phase::Calling(p) = &self.phase else {
+            return None;
+        };
+        if !p.slots.iter().all(|s| matches!(s, Slot::Done(_))) {
+            return None;
+        }
+        let vs = policy.virtual_server_at(p.vs)?;
+        let reply = match &p.kind {
+            LocalKind::Initialize { version } => {
+                let claims = SessionClaims {
+                    virtual_server: vs.name.clone(),
+                    caller: self.caller.clone(),
+                    issued_s: self.started_ms / 1000,
+                    members: vs
+                        .members
+                        .iter()
+                        .zip(&p.slots)
+                        .map(|(m, s)| {
+                            let state = match s {
+                                Slot::Done(st) => st.clone(),
+                                _ => MemberSession::Failed,
+                            };
+                            (m.mcp_server.clone(), state)
+                        })
+                        .collect(),
+                };
+                let result = crate::local::initialize_result(&policy, vs, version);
+                let mut reply = Self::result_reply(p.id.as_ref(), &result);
+                if let Some(sid) = session::seal(&policy.sessions, &claims) {
+                    reply.headers.push(("mcp-session-id", sid));
+                }
+                reply
+            }
+            _ => Reply::new(200, Vec::new()),
+        };
+        self.phase = Phase::Denied;
+        Some(reply)
     }
 
     fn deny(&mut self, d: Deny) -> RequestAction {
@@ -367,25 +798,6 @@ impl Flow {
                 call.observer = Some(CallObserver::new(call.id.clone(), kind, cap));
             }
             action.body = ResponseBodyMode::Observe;
-        } else if let Some(list) = &mut self.list
-            && status == 200
-        {
-            match kind {
-                BodyKind::Json => {
-                    action = ResponseHeadersAction {
-                        remove_content_length: true,
-                        body: ResponseBodyMode::Buffer,
-                    };
-                }
-                BodyKind::Sse => {
-                    list.sse = Some(SseSplitter::new(LIST_EVENT_CAP));
-                    action = ResponseHeadersAction {
-                        remove_content_length: true,
-                        body: ResponseBodyMode::Stream,
-                    };
-                }
-                BodyKind::Other => {}
-            }
         }
         self.response_mode = action.body;
         if end_of_stream {
@@ -404,89 +816,23 @@ impl Flow {
                 .as_ref()
                 .and_then(|c| c.observer.as_ref())
                 .is_some_and(CallObserver::wants_body),
-            ResponseBodyMode::Buffer | ResponseBodyMode::Stream => true,
         }
     }
 
-    /// A response body chunk (or, in `Buffer` mode, the whole body at the end). Returns the
-    /// replacement bytes in `Buffer` and `Stream` modes.
-    pub fn on_response_body(
-        &mut self,
-        chunk: &[u8],
-        end_of_stream: bool,
-        now_ms: u64,
-    ) -> Option<Vec<u8>> {
-        let out = match self.response_mode {
-            ResponseBodyMode::Pass => None,
-            ResponseBodyMode::Observe => {
-                if let Some(o) = self.call.as_mut().and_then(|c| c.observer.as_mut()) {
-                    if end_of_stream {
-                        o.push_last(chunk);
-                    } else {
-                        o.push(chunk);
-                    }
-                }
-                None
+    /// A response body chunk (observed, never changed).
+    pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool, now_ms: u64) {
+        if self.response_mode == ResponseBodyMode::Observe
+            && let Some(o) = self.call.as_mut().and_then(|c| c.observer.as_mut())
+        {
+            if end_of_stream {
+                o.push_last(chunk);
+            } else {
+                o.push(chunk);
             }
-            ResponseBodyMode::Buffer => {
-                if !end_of_stream {
-                    return None;
-                }
-                let policy = Rc::clone(&self.policy);
-                self.list.as_ref().and_then(|l| {
-                    let m = policy.virtual_server_at(l.vs)?.member(l.member)?;
-                    Some(lists::filter_json_body(chunk, l.kind, m, l.id.as_ref()))
-                })
-            }
-            ResponseBodyMode::Stream => Some(self.stream_list_chunk(chunk, end_of_stream)),
-        };
+        }
         if end_of_stream {
             self.response_end(now_ms);
         }
-        out
-    }
-
-    fn stream_list_chunk(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
-        let policy = Rc::clone(&self.policy);
-        let Some(l) = self.list.as_mut() else {
-            return chunk.to_vec();
-        };
-        let Some(member) = policy
-            .virtual_server_at(l.vs)
-            .and_then(|v| v.member(l.member))
-        else {
-            return chunk.to_vec();
-        };
-        if l.failed {
-            return Vec::new();
-        }
-        let Some(sse) = l.sse.as_mut() else {
-            return chunk.to_vec();
-        };
-        let mut events = sse.push(chunk);
-        if sse.overflowed() {
-            l.failed = true;
-            let err = crate::jsonrpc::error_body(
-                l.id.as_ref(),
-                crate::decide::codes::INTERNAL_ERROR,
-                lists::FAILED_MESSAGE,
-            );
-            let mut out = b"event: message\ndata: ".to_vec();
-            out.extend_from_slice(&err);
-            out.extend_from_slice(b"\n\n");
-            return out;
-        }
-        if end_of_stream {
-            let tail = sse.finish();
-            if !tail.is_empty() {
-                events.push(tail);
-            }
-        }
-        let mut out = Vec::with_capacity(chunk.len());
-        for ev in events {
-            out.extend(lists::filter_sse_event(&ev, l.kind, member, l.id.as_ref()));
-        }
-        out
     }
 
     fn response_end(&mut self, now_ms: u64) {
@@ -523,6 +869,28 @@ impl Flow {
     pub fn on_done(&mut self, now_ms: u64) {
         self.finish_call(false, now_ms);
     }
+}
+
+/// Headers of a callout to member `m` (`:method` first: POST).
+fn member_headers(
+    m: &crate::policy::CompiledMember,
+    session_id: Option<&str>,
+    protocol_version: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        (":method", "POST".to_owned()),
+        (":path", m.path.to_string()),
+        (":authority", m.authority.to_string()),
+        ("content-type", "application/json".to_owned()),
+        ("accept", "application/json, text/event-stream".to_owned()),
+    ];
+    if let Some(sid) = session_id {
+        h.push(("mcp-session-id", sid.to_owned()));
+    }
+    if let Some(v) = protocol_version {
+        h.push(("mcp-protocol-version", v.to_owned()));
+    }
+    h
 }
 
 fn tool_op(t: &ToolRef, metric: ToolMetric, value: u64) -> StatOp {

@@ -11,7 +11,7 @@
 //!
 //! Everything that decides is plain Rust with native tests: [`jsonrpc`] (hardened parsing),
 //! [`policy`] (the compiled, indexed snapshot), [`decide`] (request → forward or deny),
-//! [`lists`] (list response filtering), [`sse`] (event framing), [`outcome`] (call outcome),
+//! [`lists`] (list methods), [`local`] (answers from the catalog), [`session`] (sealed session ids), [`sse`] (event framing), [`outcome`] (call outcome),
 //! [`template`] (resource templates), [`sanitize`] (look-alikes, stat segments), [`stats`]
 //! (metric names) and [`flow`] (the per-request state machine tying them together). The
 //! proxy-wasm shell (`shell.rs`, compiled only for wasm32) reads headers and bodies, calls
@@ -31,12 +31,27 @@
 //!   per cluster matching the header `x-toolmesh-cluster` exactly.
 //! - Which member: name-bearing methods (`tools/call`, `prompts/get`, `resources/read`,
 //!   `resources/subscribe`, `resources/unsubscribe`, `completion/complete` with a `ref/prompt`
-//!   name or a `ref/resource` URI) go to the member that owns the name. Everything else
-//!   (`initialize`, `ping`, `notifications/*`, the client's JSON-RPC responses, `logging/setLevel`,
-//!   the list methods, unknown methods, bodiless GET and DELETE) goes to the **first** member,
-//!   the primary. Federating several members (merged lists, per-upstream sessions) is a later
-//!   issue; until then lists show only the primary's items and a session lives on the primary.
-//!
+//!   name or a `ref/resource` URI) go to the member that owns the name; `logging/setLevel` to
+//!   the first member that declares logging; the client's JSON-RPC responses and unknown
+//!   methods to the **first** member (the primary). Notifications, GET and DELETE pass to the
+//!   member of a single-member virtual server.
+//! - Answered by the filter itself ([`local`], no upstream round trip): `initialize` (after
+//!   opening each member's session with calls of its own: `initialize` and
+//!   `notifications/initialized`, in parallel, bounded by `sessions.member_timeout_ms`),
+//!   `ping`, every list method (from the catalog definitions in the policy, paginated with
+//!   toolmesh cursors), `server/discover` (-32022: protocol 2026-07-28 is not spoken yet, and
+//!   clients fall back to `initialize`), notifications on a virtual server of several members
+//!   (202), DELETE on one of several members (ends every member session). GET on a virtual
+//!   server of several members is 405.
+//! - Sessions ([`session`]): the `Mcp-Session-Id` a client gets is sealed by the filter (HMAC
+//!   with the policy's session key) and carries the virtual server, the caller (token id) and
+//!   each member's own upstream session id; a forwarded request carries the member's session
+//!   id and protocol version instead, and the upstream's `mcp-session-id` response header is
+//!   removed. An id that fails verification or belongs to another virtual server or caller is
+//!   404 (the client initializes again). No session store: any Envoy serves any session.
+//! - `Host` and `Origin` must name the gateway (loopback names, the public URL's host,
+//!   `limits.allowed_hosts`): DNS-rebinding protection, 403 `bad_host`.
+
 //! # Requests
 //!
 //! POST bodies are buffered (headers are paused: the plugin needs
@@ -75,11 +90,9 @@
 //!
 //! # Responses
 //!
-//! Call responses stream through unbuffered; the filter watches copies of the chunks to find
-//! the outcome (HTTP status >= 400, JSON-RPC `error`, `result.isError: true`, or no complete
-//! response: reset, timeout, client gone). List responses (`application/json` or
-//! `text/event-stream`, event by event) are filtered to the allowlist with exposed names, and
-//! `content-length` is removed because the body changes.
+//! Responses stream through unbuffered and unchanged; for calls the filter watches copies of
+//! the chunks to find the outcome (HTTP status >= 400, JSON-RPC `error`, `result.isError:
+//! true`, or no complete response: reset, timeout, client gone).
 //!
 //! # Stats
 //!

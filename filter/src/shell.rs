@@ -35,8 +35,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 use toolmesh_proto::PolicySnapshot;
 
 use crate::auth::TokenFacts;
-use crate::decide::RequestHeaders;
-use crate::flow::{Flow, RequestAction, ResponseBodyMode};
+use crate::decide::{Reply, RequestHeaders, SessionHeader};
+use crate::flow::{Callout, CalloutAction, CalloutResponse, Flow, RequestAction, ResponseBodyMode};
 use crate::policy::CompiledPolicy;
 use crate::stats::{MetricKind, StatOp};
 
@@ -124,11 +124,14 @@ fn record(policy: &CompiledPolicy, op: &StatOp) {
     }
 }
 
-/// Apply the flow's pending stat updates.
+/// Apply the flow's pending stat updates and log its notes.
 fn apply_stats(flow: &mut Flow) {
     let policy = Rc::clone(flow.policy());
     for op in flow.drain_stats() {
         record(&policy, &op);
+    }
+    for note in flow.take_notes() {
+        warn!("toolmesh: {note}");
     }
 }
 
@@ -183,6 +186,7 @@ impl RootContext for Root {
             flow: Flow::new(policy),
             mode: ResponseBodyMode::Pass,
             replied: false,
+            callouts: Vec::new(),
         }))
     }
 
@@ -196,9 +200,52 @@ struct Http {
     mode: ResponseBodyMode,
     /// A local reply was sent: ignore the rest of the stream.
     replied: bool,
+    /// Callouts in flight: (host token, flow key).
+    callouts: Vec<(u32, u32)>,
 }
 
-impl Context for Http {}
+impl Context for Http {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(pos) = self.callouts.iter().position(|(t, _)| *t == token_id) else {
+            return;
+        };
+        let (_, key) = self.callouts.swap_remove(pos);
+        if self.replied {
+            return;
+        }
+        let pairs = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let header = |name: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        };
+        // No `:status`: the call failed (timeout, reset, unknown cluster).
+        let status = header(":status").and_then(|s| s.parse::<u16>().ok());
+        let body = if status.is_some() && body_size > 0 {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let response = status.map(|status| CalloutResponse {
+            status,
+            session_id: header("mcp-session-id"),
+            content_type: header("content-type"),
+            body: &body,
+        });
+        let action = self.flow.on_callout_response(key, response);
+        self.after_callout(action);
+    }
+}
 
 /// A dynamic property as a string (`None` when absent or not UTF-8).
 fn property(path: &[&str]) -> Option<String> {
@@ -254,19 +301,70 @@ fn token_facts(pairs: &[(String, Vec<u8>)]) -> TokenFacts {
 
 impl Http {
     fn reply(&mut self, status: u16, body: &[u8]) -> Action {
-        self.reply_with(status, body, None)
+        self.send(&Reply::new(status, body.to_vec()))
     }
 
-    fn reply_with(&mut self, status: u16, body: &[u8], www_authenticate: Option<&str>) -> Action {
+    /// Send a local reply (JSON unless the body is empty) and stop the stream.
+    fn send(&mut self, r: &Reply) -> Action {
         self.replied = true;
-        let mut headers = vec![("content-type", "application/json")];
-        if let Some(w) = www_authenticate {
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + r.headers.len());
+        if !r.body.is_empty() {
+            headers.push(("content-type", "application/json"));
+        }
+        if let Some(w) = &r.www_authenticate {
             headers.push(("www-authenticate", w));
         }
-        if let Err(e) = hostcalls::send_http_response(u32::from(status), headers, Some(body)) {
+        for (name, value) in &r.headers {
+            headers.push((name, value));
+        }
+        let body = (!r.body.is_empty()).then_some(r.body.as_slice());
+        if let Err(e) = hostcalls::send_http_response(u32::from(r.status), headers, body) {
             error!("toolmesh: cannot send local reply: {e:?}");
         }
         Action::Pause
+    }
+
+    /// Dispatch the flow's callouts; a call Envoy refuses at once is answered as failed.
+    fn dispatch(&mut self, calls: Vec<Callout>) {
+        let mut queue = calls;
+        while let Some(call) = queue.pop() {
+            let headers: Vec<(&str, &str)> =
+                call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let timeout = std::time::Duration::from_millis(u64::from(call.timeout_ms));
+            match hostcalls::dispatch_http_call(
+                &call.cluster,
+                headers,
+                call.body.as_deref(),
+                Vec::new(),
+                timeout,
+            ) {
+                Ok(token) => self.callouts.push((token, call.key)),
+                Err(e) => {
+                    warn!("toolmesh: {} could not be sent: {e:?}", call.label);
+                    match self.flow.on_callout_response(call.key, None) {
+                        CalloutAction::Wait => {}
+                        CalloutAction::Dispatch(more) => queue.extend(more),
+                        CalloutAction::Reply(r) => {
+                            apply_stats(&mut self.flow);
+                            self.send(&r);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        apply_stats(&mut self.flow);
+    }
+
+    fn after_callout(&mut self, action: CalloutAction) {
+        match action {
+            CalloutAction::Wait => apply_stats(&mut self.flow),
+            CalloutAction::Dispatch(calls) => self.dispatch(calls),
+            CalloutAction::Reply(r) => {
+                apply_stats(&mut self.flow);
+                self.send(&r);
+            }
+        }
     }
 
     fn internal_error(&mut self, what: &str) -> Action {
@@ -285,8 +383,10 @@ impl Http {
         apply_stats(&mut self.flow);
         match action {
             RequestAction::ReadBody => Action::Pause,
-            RequestAction::Deny(r) => {
-                self.reply_with(r.status, &r.body, r.www_authenticate.as_deref())
+            RequestAction::Deny(r) => self.send(&r),
+            RequestAction::Callouts(calls) => {
+                self.dispatch(calls);
+                Action::Pause
             }
             RequestAction::Forward(route) => {
                 let headers = MapType::HttpRequestHeaders;
@@ -306,6 +406,22 @@ impl Http {
                     && let Err(e) = hostcalls::set_map_value(headers, "mcp-name", Some(name))
                 {
                     return self.internal_error(&format!("cannot set mcp-name: {e:?}"));
+                }
+                let session = match &route.session {
+                    SessionHeader::Keep => None,
+                    SessionHeader::Set(sid) => Some(Some(sid.as_str())),
+                    SessionHeader::Remove => Some(None),
+                };
+                if let Some(value) = session
+                    && let Err(e) = hostcalls::set_map_value(headers, "mcp-session-id", value)
+                {
+                    return self.internal_error(&format!("cannot set mcp-session-id: {e:?}"));
+                }
+                if let Some(v) = &route.protocol_version
+                    && let Err(e) =
+                        hostcalls::set_map_value(headers, "mcp-protocol-version", Some(v))
+                {
+                    return self.internal_error(&format!("cannot set mcp-protocol-version: {e:?}"));
                 }
                 if let Err(e) = hostcalls::set_map_value(headers, ":path", Some(&route.path)) {
                     return self.internal_error(&format!("cannot set :path: {e:?}"));
@@ -357,7 +473,7 @@ impl HttpContext for Http {
         }
         if let Some(reply) = self.flow.on_request_body_progress(body_size) {
             apply_stats(&mut self.flow);
-            return self.reply_with(reply.status, &reply.body, reply.www_authenticate.as_deref());
+            return self.send(&reply);
         }
         if !end_of_stream {
             return Action::Pause;
@@ -386,14 +502,25 @@ impl HttpContext for Http {
         match self.flow.on_request_trailers() {
             Some(reply) => {
                 apply_stats(&mut self.flow);
-                self.reply_with(reply.status, &reply.body, reply.www_authenticate.as_deref())
+                self.send(&reply)
             }
             None => Action::Continue,
         }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if self.replied || !self.flow.wants_response() {
+        if self.replied {
+            return Action::Continue;
+        }
+        // The upstream's own session id must not replace the sealed one the client holds
+        // (clients adopt an `mcp-session-id` from any response).
+        if self.flow.strips_response_session()
+            && let Err(e) =
+                hostcalls::set_map_value(MapType::HttpResponseHeaders, "mcp-session-id", None)
+        {
+            warn!("toolmesh: cannot remove the upstream's mcp-session-id: {e:?}");
+        }
+        if !self.flow.wants_response() {
             return Action::Continue;
         }
         let pairs = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
@@ -414,12 +541,6 @@ impl HttpContext for Http {
         let action = self
             .flow
             .on_response_headers(status, content_type, end_of_stream, now);
-        if action.remove_content_length
-            && let Err(e) =
-                hostcalls::set_map_value(MapType::HttpResponseHeaders, "content-length", None)
-        {
-            warn!("toolmesh: cannot remove the response content-length: {e:?}");
-        }
         self.mode = action.body;
         apply_stats(&mut self.flow);
         Action::Continue
@@ -430,38 +551,17 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         let now = if end_of_stream { now_ms() } else { 0 };
-        let action = match self.mode {
-            ResponseBodyMode::Pass => Action::Continue,
-            ResponseBodyMode::Observe => {
-                let chunk = if self.flow.wants_response_bytes() {
-                    hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
-                self.flow.on_response_body(&chunk, end_of_stream, now);
-                Action::Continue
-            }
-            ResponseBodyMode::Buffer if !end_of_stream => Action::Pause,
-            ResponseBodyMode::Buffer | ResponseBodyMode::Stream => {
-                let chunk = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                if let Some(out) = self.flow.on_response_body(&chunk, end_of_stream, now)
-                    && out != chunk
-                    && let Err(e) =
-                        hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out)
-                {
-                    warn!("toolmesh: cannot replace the response body: {e:?}");
-                }
-                Action::Continue
-            }
+        let chunk = if self.flow.wants_response_bytes() {
+            hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
         };
+        self.flow.on_response_body(&chunk, end_of_stream, now);
         apply_stats(&mut self.flow);
-        action
+        Action::Continue
     }
 
     fn on_log(&mut self) {

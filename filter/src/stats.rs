@@ -203,11 +203,21 @@ pub enum Reason {
     TokenScope,
     /// The token may not be used from the client's address.
     TokenSource,
+    /// `Host` or `Origin` names a host the gateway does not answer for (DNS rebinding).
+    BadHost,
+    /// The `Mcp-Session-Id` failed verification or belongs to another virtual server or caller
+    /// (HTTP 404: the client initializes again).
+    SessionInvalid,
+    /// The item's MCP server failed to open its session when the client initialized.
+    MemberUnavailable,
+    /// A member MCP server failed to open its session while a client initialized (counted
+    /// per member failure; the client's session still opens without it).
+    MemberInitFailed,
 }
 
 impl Reason {
     /// Every reason, for documentation tests.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 22] = [
         Reason::NotAllowed,
         Reason::Lookalike,
         Reason::MalformedJson,
@@ -226,6 +236,10 @@ impl Reason {
         Reason::TokenRevoked,
         Reason::TokenScope,
         Reason::TokenSource,
+        Reason::BadHost,
+        Reason::SessionInvalid,
+        Reason::MemberUnavailable,
+        Reason::MemberInitFailed,
     ];
 
     /// The stat name segment.
@@ -249,6 +263,10 @@ impl Reason {
             Reason::TokenRevoked => "token_revoked",
             Reason::TokenScope => "token_scope",
             Reason::TokenSource => "token_source",
+            Reason::BadHost => "bad_host",
+            Reason::SessionInvalid => "session_invalid",
+            Reason::MemberUnavailable => "member_unavailable",
+            Reason::MemberInitFailed => "member_init_failed",
         }
     }
 }
