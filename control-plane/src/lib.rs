@@ -18,6 +18,7 @@ pub mod config;
 pub mod crypto;
 pub mod discovery;
 pub mod gateway;
+pub mod naming;
 pub mod policy;
 pub mod store;
 pub mod tokens;

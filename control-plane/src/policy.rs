@@ -1,9 +1,10 @@
 //! Compiling the catalog into what the gateway enforces.
 //!
 //! This is the one conversion from the catalog model to the wire contract of `toolmesh-proto`:
-//! only enabled items that the upstream still offers are exposed, under `expose_as` or their
-//! upstream name; each MCP server becomes the Envoy cluster `mcp_<name>`, and the member's `path`
-//! is the URL path of the server's MCP endpoint. [`gateway_model`] adds what the xDS layer needs
+//! only enabled items that the upstream still offers are exposed, under the name
+//! [`crate::naming`] gives them (`expose_as`, the upstream name, or `{mcp_server}__{name}` when
+//! members collide); each MCP server becomes the Envoy cluster `mcp_<name>`, and the member's
+//! `path` is the URL path of the server's MCP endpoint. [`gateway_model`] adds what the xDS layer needs
 //! besides the policy: the upstream endpoints for clusters, and the accepted definitions that a
 //! virtual server exposes (for answering lists from the catalog).
 
@@ -100,7 +101,11 @@ pub fn compile_policy(dump: &CatalogDump) -> PolicySnapshot {
     let mut snapshot = PolicySnapshot::empty(dump.version.to_string());
     for vs in &dump.virtual_servers {
         let mut members: Vec<Member> = Vec::new();
-        for m in vs.members.iter().filter(|m| m.active()) {
+        let names = crate::naming::served_names(&vs.name, &vs.members);
+        for (m, name) in vs.members.iter().zip(names) {
+            let Some(name) = name.filter(|_| m.active()) else {
+                continue;
+            };
             let idx = match members.iter().position(|x| x.mcp_server == m.mcp_server) {
                 Some(i) => i,
                 None => {
@@ -125,11 +130,11 @@ pub fn compile_policy(dump: &CatalogDump) -> PolicySnapshot {
             match m.kind {
                 ItemKind::Tool => member.tools.push(NamedItem {
                     definition: definition(&m.definition),
-                    ..NamedItem::new(m.exposed_name(), m.item.clone())
+                    ..NamedItem::new(name, m.item.clone())
                 }),
                 ItemKind::Prompt => member.prompts.push(NamedItem {
                     definition: definition(&m.definition),
-                    ..NamedItem::new(m.exposed_name(), m.item.clone())
+                    ..NamedItem::new(name, m.item.clone())
                 }),
                 ItemKind::Resource => member.resources.push(ResourceItem {
                     definition: definition(&m.definition),
@@ -156,12 +161,16 @@ pub fn exposed_catalog(dump: &CatalogDump) -> BTreeMap<String, ExposedCatalog> {
     let mut out = BTreeMap::new();
     for vs in &dump.virtual_servers {
         let mut cat = ExposedCatalog::default();
-        for m in vs.members.iter().filter(|m| m.active()) {
+        let names = crate::naming::served_names(&vs.name, &vs.members);
+        for (m, name) in vs.members.iter().zip(names) {
+            let Some(name) = name.filter(|_| m.active()) else {
+                continue;
+            };
             let mut def = m.definition.clone();
             match m.kind {
                 ItemKind::Tool | ItemKind::Prompt => {
                     if let Some(obj) = def.as_object_mut() {
-                        obj.insert("name".into(), m.exposed_name().into());
+                        obj.insert("name".into(), name.into());
                     }
                     if m.kind == ItemKind::Tool {
                         cat.tools.push(def);

@@ -1,7 +1,8 @@
 //! `/v1/catalog/version` and `/v1/policy`: what the gateway is (or will be) told.
 //!
 //! The policy endpoint is a debugging aid: it shows exactly the snapshot compiled from the
-//! current catalog, the same JSON the xDS layer hands to the Envoy filter.
+//! current catalog, the same JSON the xDS layer hands to the Envoy filter, except for the
+//! session key's secret, which is replaced by [`REDACTED`] (its id is shown).
 
 use axum::extract::State;
 use axum::routing::get;
@@ -35,7 +36,11 @@ pub(super) async fn version(
     }))
 }
 
-/// The policy snapshot compiled from the current catalog (the filter's configuration).
+/// What `/v1/policy` shows instead of the session key's secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// The policy snapshot compiled from the current catalog (the filter's configuration; the
+/// session key's secret redacted).
 #[utoipa::path(get, path = "/v1/policy", tag = "meta",
     responses((status = 200, description = "toolmesh_proto::PolicySnapshot", body = Object), (status = 401, body = ErrorBody)))]
 pub(super) async fn policy(
@@ -43,5 +48,10 @@ pub(super) async fn policy(
 ) -> Result<Json<toolmesh_proto::PolicySnapshot>, ApiError> {
     let model =
         crate::policy::gateway_model_with(&state.store, &state.settings.public_mcp_url).await?;
-    Ok(Json(model.policy))
+    let mut policy = model.policy;
+    policy.sessions.keys = vec![toolmesh_proto::SessionKey {
+        secret: REDACTED.into(),
+        ..state.key.session_key()
+    }];
+    Ok(Json(policy))
 }

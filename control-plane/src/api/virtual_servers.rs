@@ -1,10 +1,12 @@
 //! `/v1/virtual-servers`: curated MCP endpoints composed from catalog items.
 //!
 //! Members are chosen by reference (`{mcp_server, tool, expose_as?}`). Validation happens in two
-//! steps and names the offending item either way: the shape (slugs, MCP names, duplicate exposed
-//! names) here, without the database; the references (unknown MCP server or item, disabled,
-//! removed upstream) in the store, inside the write transaction, so a virtual server is never
-//! stored half-valid.
+//! steps and names the offending item either way: the shape (slugs, MCP names, exposed names by
+//! the rule of [`crate::naming`]: an `expose_as` must be unique, and unaliased tools or prompts
+//! that several member MCP servers offer under the same name are exposed as
+//! `{mcp_server}__{name}`) here, without the database; the references (unknown MCP server or
+//! item, disabled, removed upstream) in the store, inside the write transaction, so a virtual
+//! server is never stored half-valid.
 
 use std::collections::HashMap;
 
@@ -19,6 +21,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, Query};
 use super::mcp_servers::{check_description, check_slug};
 use super::{AppState, ListResponse};
+use crate::naming::{NameProblem, NameRef, exposed_names};
 use crate::store::{ItemKind, MemberRef, VirtualServerInput, VirtualServerRecord};
 
 /// Most members of one kind in one virtual server.
@@ -142,10 +145,12 @@ pub struct MemberView {
     /// The rename, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expose_as: Option<String>,
-    /// Tools and prompts: the name clients see.
+    /// Tools and prompts: the name clients see: `expose_as`, else the upstream name, else, when
+    /// another member MCP server offers the same name, `{mcp_server}__{name}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exposed_name: Option<String>,
-    /// Served now: the item is enabled and still offered upstream.
+    /// Served now: the item is enabled, still offered upstream (and its name is not taken by
+    /// another member, which only a catalog written under an older rule can hold).
     pub active: bool,
     /// The upstream definition changed; the accepted one is served until accepted.
     pub drifted: bool,
@@ -189,7 +194,8 @@ fn view(state: &AppState, r: VirtualServerRecord) -> VirtualServerView {
         created_at: r.created_at,
         updated_at: r.updated_at,
     };
-    for m in r.members {
+    let names = crate::naming::served_names(&v.name, &r.members);
+    for (m, name) in r.members.into_iter().zip(names) {
         let mut mv = MemberView {
             mcp_server: m.mcp_server.clone(),
             tool: None,
@@ -198,17 +204,17 @@ fn view(state: &AppState, r: VirtualServerRecord) -> VirtualServerView {
             uri_template: None,
             expose_as: m.expose_as.clone(),
             exposed_name: None,
-            active: m.active(),
+            active: m.active() && name.is_some(),
             drifted: m.drifted,
         };
         match m.kind {
             ItemKind::Tool => {
-                mv.exposed_name = Some(m.exposed_name().to_string());
+                mv.exposed_name = name;
                 mv.tool = Some(m.item);
                 v.tools.push(mv);
             }
             ItemKind::Prompt => {
-                mv.exposed_name = Some(m.exposed_name().to_string());
+                mv.exposed_name = name;
                 mv.prompt = Some(m.item);
                 v.prompts.push(mv);
             }
@@ -240,7 +246,6 @@ pub fn validate(name: String, body: VirtualServerBody) -> Result<VirtualServerIn
                 format!("{field}: at most {MAX_MEMBERS} entries"),
             ));
         }
-        let mut exposed: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::with_capacity(refs.len());
         for (i, (mcp_server, item, expose_as)) in refs.into_iter().enumerate() {
             let at = format!("{field}[{i}]");
@@ -264,26 +269,13 @@ pub fn validate(name: String, body: VirtualServerBody) -> Result<VirtualServerIn
                     ),
                 ));
             }
-            let name = expose_as.clone().unwrap_or_else(|| item.clone());
-            if let Some(first) = exposed.insert(name.clone(), i) {
-                let f = if expose_as.is_some() {
-                    "expose_as"
-                } else {
-                    item_field
-                };
-                return Err(ApiError::validation(
-                    format!("{at}.{f}"),
-                    format!(
-                        "{at}: duplicate exposed {kind} name '{name}' (also {field}[{first}]); use expose_as to rename one"
-                    ),
-                ));
-            }
             out.push(MemberRef {
                 mcp_server,
                 item,
                 expose_as,
             });
         }
+        check_exposed_names(field, item_field, kind, &out)?;
         Ok(out)
     };
     let by_uri = |field: &'static str,
@@ -361,6 +353,77 @@ pub fn validate(name: String, body: VirtualServerBody) -> Result<VirtualServerIn
                 .collect(),
         )?,
     })
+}
+
+/// Refuse a member list whose exposed names [`crate::naming`] cannot give (an `expose_as` taken
+/// twice or equal to another member's name, the same item twice without a rename, a qualified
+/// name outside the MCP rules), naming the member and its field.
+fn check_exposed_names(
+    field: &str,
+    item_field: &str,
+    kind: &str,
+    refs: &[MemberRef],
+) -> Result<(), ApiError> {
+    let named: Vec<NameRef<'_>> = refs
+        .iter()
+        .map(|r| NameRef {
+            mcp_server: &r.mcp_server,
+            item: &r.item,
+            expose_as: r.expose_as.as_deref(),
+        })
+        .collect();
+    for (i, name) in exposed_names(&named).into_iter().enumerate() {
+        let problem = match name {
+            Ok(_) => continue,
+            Err(p) => p,
+        };
+        let r = &refs[i];
+        return Err(match problem {
+            NameProblem::Taken { name, by, by_alias } => {
+                // Blame an alias (the member that chose the name) over a derived name, the later
+                // member over the earlier one.
+                let (at, other) = if by_alias && r.expose_as.is_none() {
+                    (by, i)
+                } else {
+                    (i, by)
+                };
+                let f = if refs[at].expose_as.is_some() {
+                    "expose_as"
+                } else {
+                    item_field
+                };
+                ApiError::validation(
+                    format!("{field}[{at}].{f}"),
+                    format!(
+                        "{field}[{at}]: duplicate exposed {kind} name '{name}' (also {field}[{other}]); use expose_as to rename one"
+                    ),
+                )
+            }
+            NameProblem::Invalid { name, qualified } => {
+                let at = format!("{field}[{i}]");
+                let (f, why) = if qualified {
+                    (
+                        item_field,
+                        format!(
+                            "{kind} '{}' of mcp server '{}' is also offered by another member, so it would be exposed as {name:?}",
+                            r.item, r.mcp_server
+                        ),
+                    )
+                } else if r.expose_as.is_some() {
+                    ("expose_as", format!("expose_as {name:?}"))
+                } else {
+                    (item_field, format!("{kind} name {name:?}"))
+                };
+                ApiError::validation(
+                    format!("{at}.{f}"),
+                    format!(
+                        "{at}: {why}, which is outside the MCP naming rules (1-128 characters of A-Z, a-z, 0-9, '_', '-', '.', '/'); use expose_as to name it"
+                    ),
+                )
+            }
+        });
+    }
+    Ok(())
 }
 
 fn unknown_server(at: &str, name: &str) -> ApiError {

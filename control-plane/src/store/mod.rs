@@ -460,7 +460,7 @@ pub struct MemberRecord {
     pub item: String,
     /// The item's id.
     pub item_id: i64,
-    /// Exposed name override.
+    /// Exposed name override (the name clients see comes from [`crate::naming::member_names`]).
     pub expose_as: Option<String>,
     /// The item is enabled.
     pub enabled: bool,
@@ -476,10 +476,6 @@ impl MemberRecord {
     /// Served by the gateway: enabled and still offered upstream.
     pub fn active(&self) -> bool {
         self.enabled && !self.removed_upstream
-    }
-    /// The name clients see.
-    pub fn exposed_name(&self) -> &str {
-        self.expose_as.as_deref().unwrap_or(&self.item)
     }
 }
 

@@ -192,23 +192,23 @@ fn ts(secs: Option<i64>) -> Option<DateTime<Utc>> {
     secs.and_then(|s| DateTime::from_timestamp(s, 0))
 }
 
-/// `(virtual server, mcp server, tool stat segment)` → upstream tool name, for active tool
-/// members of the catalog.
+/// `(virtual server, mcp server, tool stat segment)` → (upstream tool name, exposed name), for
+/// the tool members the gateway serves (named by [`crate::naming`], as in the policy).
 pub fn exposed_tools(dump: &CatalogDump) -> BTreeMap<ToolKey, (String, String)> {
     let mut out = BTreeMap::new();
     for vs in &dump.virtual_servers {
-        for m in vs
-            .members
-            .iter()
-            .filter(|m| m.kind == ItemKind::Tool && m.active())
-        {
+        let names = crate::naming::served_names(&vs.name, &vs.members);
+        for (m, name) in vs.members.iter().zip(names) {
+            let Some(name) = name.filter(|_| m.kind == ItemKind::Tool && m.active()) else {
+                continue;
+            };
             out.insert(
                 ToolKey {
                     virtual_server: vs.name.clone(),
                     mcp_server: m.mcp_server.clone(),
-                    tool: stat_segment(m.exposed_name()),
+                    tool: stat_segment(&name),
                 },
-                (m.item.clone(), m.exposed_name().to_string()),
+                (m.item.clone(), name),
             );
         }
     }
@@ -627,6 +627,29 @@ mod tests {
             last_active_end: Some(1_000),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn colliding_tools_join_on_their_qualified_name() {
+        let mut d = dump();
+        let mut other = d.virtual_servers[0].members[0].clone();
+        other.mcp_server = "second".into();
+        d.virtual_servers[0].members.push(other);
+        let exposed = exposed_tools(&d);
+        let key = |server: &str, tool: &str| ToolKey {
+            virtual_server: "demo".into(),
+            mcp_server: server.into(),
+            tool: tool.into(),
+        };
+        assert_eq!(
+            exposed.get(&key("everything", "everything__echo")),
+            Some(&("echo".to_string(), "everything__echo".to_string()))
+        );
+        assert_eq!(
+            exposed.get(&key("second", "second__echo")),
+            Some(&("echo".to_string(), "second__echo".to_string()))
+        );
+        assert!(!exposed.contains_key(&key("everything", "echo")));
     }
 
     #[test]

@@ -72,6 +72,19 @@ async fn seed(app: &TestApp, name: &str, tags: &[&str], tools: Vec<Value>) {
         .expect("apply discovery");
 }
 
+/// `/v1/policy` as a snapshot, checked the way the filter checks it (with a stand-in for the
+/// redacted session secret, which must not be shown).
+#[track_caller]
+fn valid_policy(policy: &Value) -> toolmesh_proto::PolicySnapshot {
+    let mut snap: toolmesh_proto::PolicySnapshot = serde_json::from_value(policy.clone()).unwrap();
+    assert_eq!(snap.sessions.keys.len(), 1, "{policy}");
+    assert_eq!(snap.sessions.keys[0].secret, "<redacted>");
+    assert!(!snap.sessions.keys[0].id.is_empty());
+    snap.sessions.keys[0].secret = "A".repeat(43);
+    snap.validate().expect("valid snapshot");
+    snap
+}
+
 async fn tool_id(app: &TestApp, server: &str, name: &str) -> i64 {
     let (s, body) = app
         .get(&format!("/v1/tools?mcp_server={server}&q={name}&limit=500"))
@@ -99,6 +112,9 @@ both_backends!(
     drift_is_kept_until_accepted_and_removed_items_are_marked,
     virtual_server_crud_and_mcp_url,
     virtual_server_validation_names_items,
+    colliding_names_are_qualified_by_mcp_server,
+    name_conflicts_are_refused_naming_the_field,
+    stored_name_conflicts_never_reach_the_snapshot,
     failed_requests_change_nothing,
     delete_in_use_mcp_server_needs_force,
     policy_is_compiled_from_enabled_accepted_items,
@@ -875,6 +891,305 @@ async fn virtual_server_validation_names_items(app: &TestApp) {
     assert_eq!(app.get("/v1/virtual-servers").await.1["items"], json!([]));
 }
 
+/// Exposed names of one kind in a virtual server view, in order (`-` when not exposed).
+fn exposed(vs: &Value, kind: &str) -> Vec<String> {
+    vs[kind]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["exposed_name"].as_str().unwrap_or("-").to_string())
+        .collect()
+}
+
+/// `(exposed name, upstream name)` of one kind of every member of the first virtual server.
+fn snapshot_names(snap: &toolmesh_proto::PolicySnapshot, prompts: bool) -> Vec<(String, String)> {
+    snap.virtual_servers[0]
+        .members
+        .iter()
+        .flat_map(|m| if prompts { &m.prompts } else { &m.tools })
+        .map(|t| (t.name.clone(), t.upstream_name.clone()))
+        .collect()
+}
+
+fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+    p.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+async fn colliding_names_are_qualified_by_mcp_server(app: &TestApp) {
+    seed(app, "alpha", &[], many_tools(4)).await;
+    seed(app, "beta", &[], many_tools(4)).await;
+    let (s, vs) = app
+        .post(
+            "/v1/virtual-servers",
+            json!({"name": "mix",
+            "tools": [
+                {"mcp_server": "alpha", "tool": "echo"},
+                {"mcp_server": "beta", "tool": "echo"},
+                {"mcp_server": "alpha", "tool": "add"},
+                {"mcp_server": "beta", "tool": "add", "expose_as": "add2"},
+                {"mcp_server": "beta", "tool": "filler_01"}
+            ],
+            "prompts": [
+                {"mcp_server": "alpha", "prompt": "greet"},
+                {"mcp_server": "beta", "prompt": "greet"},
+                {"mcp_server": "beta", "prompt": "summarize"}
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{vs}");
+    // Only the colliding names are qualified; an aliased item does not collide.
+    assert_eq!(
+        exposed(&vs, "tools"),
+        ["alpha__echo", "beta__echo", "add", "add2", "filler_01"]
+    );
+    assert_eq!(
+        exposed(&vs, "prompts"),
+        ["alpha__greet", "beta__greet", "summarize"]
+    );
+    assert_eq!(vs["tools"][0]["tool"], "echo");
+    assert!(vs["tools"][0].get("expose_as").is_none(), "{vs}");
+    let (_, shown) = app.get("/v1/virtual-servers/mix").await;
+    assert_eq!(shown["tools"], vs["tools"]);
+    let (_, listed) = app.get("/v1/virtual-servers").await;
+    assert_eq!(listed["items"][0]["tools"], vs["tools"]);
+
+    // The snapshot maps each exposed name back to its upstream name, on the right member.
+    let (_, policy) = app.get("/v1/policy").await;
+    let snap = valid_policy(&policy);
+    let members = &snap.virtual_servers[0].members;
+    assert_eq!(
+        members
+            .iter()
+            .map(|m| m.mcp_server.as_str())
+            .collect::<Vec<_>>(),
+        ["alpha", "beta"]
+    );
+    assert_eq!(
+        snapshot_names(&snap, false),
+        pairs(&[
+            ("alpha__echo", "echo"),
+            ("add", "add"),
+            ("beta__echo", "echo"),
+            ("add2", "add"),
+            ("filler_01", "filler_01")
+        ])
+    );
+    assert_eq!(
+        snapshot_names(&snap, true),
+        pairs(&[
+            ("alpha__greet", "greet"),
+            ("beta__greet", "greet"),
+            ("summarize", "summarize")
+        ])
+    );
+    // The definitions listed to clients carry the exposed name.
+    let def = &members[1].tools[0].definition;
+    assert_eq!(def["name"], "echo", "the catalog definition is upstream's");
+    let model = toolmesh::gateway_model(&app.state.store).await.unwrap();
+    let names: Vec<&str> = model.exposed["mix"]
+        .tools
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["alpha__echo", "beta__echo", "add", "add2", "filler_01"]
+    );
+    assert_eq!(
+        model.exposed["mix"].tools[1]["description"],
+        "Echo the message back."
+    );
+    // Usage names tools the same way.
+    let (s, unused) = app.get("/v1/usage/unused?since=7d").await;
+    assert_eq!(s, StatusCode::OK, "{unused}");
+    let mut seen: Vec<String> = unused["exposed_unused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| format!("{}:{}>{}", u["mcp_server"], u["tool"], u["exposed_as"]))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            r#""alpha":"add">"add""#,
+            r#""alpha":"echo">"alpha__echo""#,
+            r#""beta":"add">"add2""#,
+            r#""beta":"echo">"beta__echo""#,
+            r#""beta":"filler_01">"filler_01""#,
+        ]
+    );
+
+    // Names depend on the members only: disabling beta's echo keeps alpha's qualified name
+    // (a client's tool never changes name because another one was switched off).
+    let beta_echo = tool_id(app, "beta", "echo").await;
+    app.patch(&format!("/v1/tools/{beta_echo}"), json!({"enabled": false}))
+        .await;
+    let (_, vs) = app.get("/v1/virtual-servers/mix").await;
+    assert_eq!(exposed(&vs, "tools")[..2], ["alpha__echo", "beta__echo"]);
+    assert_eq!(vs["tools"][1]["active"], false);
+    let snap = valid_policy(&app.get("/v1/policy").await.1);
+    assert_eq!(
+        snapshot_names(&snap, false),
+        pairs(&[
+            ("alpha__echo", "echo"),
+            ("add", "add"),
+            ("add2", "add"),
+            ("filler_01", "filler_01")
+        ])
+    );
+
+    // Without the other member, the plain name is back.
+    let (s, vs) = app
+        .put(
+            "/v1/virtual-servers/mix",
+            json!({"tools": [{"mcp_server": "alpha", "tool": "echo"}, {"mcp_server": "beta", "tool": "add"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{vs}");
+    assert_eq!(exposed(&vs, "tools"), ["echo", "add"]);
+}
+
+async fn name_conflicts_are_refused_naming_the_field(app: &TestApp) {
+    seed(app, "alpha", &[], many_tools(4)).await;
+    seed(app, "beta", &[], many_tools(4)).await;
+    let long = "t".repeat(125);
+    seed(app, "long-a", &[], vec![tool(&long, "A long name.")]).await;
+    seed(app, "long-b", &[], vec![tool(&long, "A long name.")]).await;
+    let t = |server: &str, tool: &str| json!({"mcp_server": server, "tool": tool});
+    let ta = |server: &str, tool: &str, alias: &str| json!({"mcp_server": server, "tool": tool, "expose_as": alias});
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            // An alias equal to a qualified name (wherever the alias is).
+            json!([
+                t("alpha", "echo"),
+                t("beta", "echo"),
+                ta("alpha", "add", "beta__echo")
+            ]),
+            "tools[2].expose_as",
+            "tools[2]: duplicate exposed tool name 'beta__echo' (also tools[1])",
+        ),
+        (
+            json!([
+                ta("alpha", "add", "alpha__echo"),
+                t("alpha", "echo"),
+                t("beta", "echo")
+            ]),
+            "tools[0].expose_as",
+            "tools[0]: duplicate exposed tool name 'alpha__echo' (also tools[1])",
+        ),
+        (
+            // An alias equal to another member's plain name.
+            json!([t("alpha", "add"), ta("beta", "echo", "add")]),
+            "tools[1].expose_as",
+            "duplicate exposed tool name 'add'",
+        ),
+        (
+            json!([ta("alpha", "echo", "same"), ta("beta", "add", "same")]),
+            "tools[1].expose_as",
+            "tools[1]: duplicate exposed tool name 'same' (also tools[0])",
+        ),
+        (
+            // The same item twice is not a collision between members.
+            json!([t("beta", "add"), t("beta", "add")]),
+            "tools[1].tool",
+            "tools[1]: duplicate exposed tool name 'add' (also tools[0])",
+        ),
+        (
+            // Qualifying would break the MCP naming rules: name the member.
+            json!([t("long-a", &long), t("long-b", &long)]),
+            "tools[0].tool",
+            "tools[0]: tool",
+        ),
+    ];
+    for (tools, field, needle) in cases {
+        let body = json!({"name": "v", "tools": tools});
+        let got = app.post("/v1/virtual-servers", body.clone()).await;
+        assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, Some(field));
+        let msg = got.1["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(needle),
+            "{msg:?} should contain {needle:?} (body {body})"
+        );
+    }
+    let got = app
+        .post(
+            "/v1/virtual-servers",
+            json!({"name": "v", "tools": [t("long-a", &long), t("long-b", &long)]}),
+        )
+        .await;
+    let msg = got.1["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("mcp server 'long-a'") && msg.contains(&format!("long-a__{long}")),
+        "{msg}"
+    );
+    // Prompts follow the same rule, on their own (a tool and a prompt may share a name).
+    let got = app
+        .post(
+            "/v1/virtual-servers",
+            json!({"name": "v", "prompts": [
+                {"mcp_server": "alpha", "prompt": "summarize", "expose_as": "greet"},
+                {"mcp_server": "beta", "prompt": "greet", "expose_as": "greet"}]}),
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("prompts[1].expose_as"),
+    );
+    let (s, ok) = app
+        .post(
+            "/v1/virtual-servers",
+            json!({"name": "v", "tools": [t("alpha", "echo")], "prompts": [
+                {"mcp_server": "alpha", "prompt": "greet", "expose_as": "echo"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ok}");
+    // Only the last request was stored.
+    let (_, list) = app.get("/v1/virtual-servers").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+async fn stored_name_conflicts_never_reach_the_snapshot(app: &TestApp) {
+    seed(app, "alpha", &[], many_tools(4)).await;
+    seed(app, "beta", &[], many_tools(4)).await;
+    let (s, vs) = app
+        .post(
+            "/v1/virtual-servers",
+            json!({"name": "old", "tools": [
+                {"mcp_server": "alpha", "tool": "echo"},
+                {"mcp_server": "beta", "tool": "echo"},
+                {"mcp_server": "alpha", "tool": "add", "expose_as": "plus"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{vs}");
+    // A catalog written under another rule (or by hand) gives the alias a name that another
+    // member also gets: the alias keeps it, the other member is left out of the gateway rather
+    // than making a snapshot every filter would refuse.
+    let n = app
+        .exec_sql(
+            "UPDATE virtual_server_members SET expose_as = 'beta__echo' WHERE expose_as = 'plus'",
+        )
+        .await;
+    assert_eq!(n, 1);
+    let snap = valid_policy(&app.get("/v1/policy").await.1);
+    assert_eq!(
+        snapshot_names(&snap, false),
+        pairs(&[("alpha__echo", "echo"), ("beta__echo", "add")])
+    );
+    let (_, vs) = app.get("/v1/virtual-servers/old").await;
+    assert_eq!(exposed(&vs, "tools"), ["alpha__echo", "-", "beta__echo"]);
+    assert_eq!(vs["tools"][1]["active"], false);
+    assert_eq!(vs["tools"][2]["active"], true);
+    let model = toolmesh::gateway_model(&app.state.store).await.unwrap();
+    assert_eq!(model.exposed["old"].tools.len(), 2);
+    // What the publisher pushes is accepted by the xDS layer (it validates like the filter).
+    let xds_model = toolmesh::gateway::to_xds_model(&model, &app.state.key).unwrap();
+    xds_model.policy.validate().expect("the filter accepts it");
+}
+
 async fn failed_requests_change_nothing(app: &TestApp) {
     seed(app, "t", &[], many_tools(3)).await;
     let v0 = app.version().await;
@@ -973,8 +1288,7 @@ async fn policy_is_compiled_from_enabled_accepted_items(app: &TestApp) {
     assert_eq!(s, StatusCode::CREATED);
     let (s, policy) = app.get("/v1/policy").await;
     assert_eq!(s, StatusCode::OK);
-    let snap: toolmesh_proto::PolicySnapshot = serde_json::from_value(policy.clone()).unwrap();
-    snap.validate().expect("valid snapshot");
+    let snap = valid_policy(&policy);
     assert_eq!(snap.catalog_version, app.version().await.to_string());
     let vs = &snap.virtual_servers[0];
     assert_eq!(vs.name, "pol");
@@ -1020,7 +1334,11 @@ async fn policy_is_compiled_from_enabled_accepted_items(app: &TestApp) {
         .await
         .unwrap();
     let model = toolmesh::gateway_model(&app.state.store).await.unwrap();
-    model.policy.validate().unwrap();
+    toolmesh::gateway::to_xds_model(&model, &app.state.key)
+        .unwrap()
+        .policy
+        .validate()
+        .unwrap();
     let members = &model.policy.virtual_servers[0].members;
     let p1 = members
         .iter()

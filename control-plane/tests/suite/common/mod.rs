@@ -261,6 +261,32 @@ impl TestApp {
         self.state.store.catalog_version().await.expect("version")
     }
 
+    /// Run one SQL statement on the test database directly (to set up what the API would
+    /// refuse, such as a catalog written under an older rule); returns the rows affected.
+    pub async fn exec_sql(&self, sql: &str) -> u64 {
+        if self.backend == "postgres" {
+            let pool = sqlx::PgPool::connect(&self.db_url).await.expect("pg");
+            let n = sqlx::query(sql)
+                .execute(&pool)
+                .await
+                .expect("sql")
+                .rows_affected();
+            pool.close().await;
+            n
+        } else {
+            let pool = sqlx::SqlitePool::connect(&self.db_url)
+                .await
+                .expect("sqlite");
+            let n = sqlx::query(sql)
+                .execute(&pool)
+                .await
+                .expect("sql")
+                .rows_affected();
+            pool.close().await;
+            n
+        }
+    }
+
     /// The raw sealed credential column of an MCP server.
     pub async fn raw_credentials(&self, name: &str) -> Option<Vec<u8>> {
         let sql = "SELECT credential_headers FROM mcp_servers WHERE name = $1";
