@@ -100,12 +100,51 @@ pub struct ServeConfig {
         default_value = "/etc/ssl/certs/ca-certificates.crt"
     )]
     pub upstream_ca_file: PathBuf,
+    /// Items per page of the lists the filter answers itself (`tools/list`, `prompts/list`,
+    /// `resources/list`, `resources/templates/list`); clients follow `nextCursor`.
+    #[arg(long, env = "TOOLMESH_LIST_PAGE_SIZE", default_value_t = toolmesh_proto::DEFAULT_LIST_PAGE_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub list_page_size: u32,
+    /// Host names (comma-separated, no port) Envoy's filter accepts in `Host` and `Origin`
+    /// besides localhost, 127.0.0.1, [::1] and the host of the public MCP URL; `*` accepts any
+    /// (turns the DNS-rebinding check off).
+    #[arg(long, env = "TOOLMESH_ALLOWED_HOSTS", value_delimiter = ',', value_parser = parse_allowed_host)]
+    pub allowed_hosts: Vec<String>,
+    /// How long the filter waits for each member MCP server to open its session when a client
+    /// initializes a virtual server (a member slower than this is unavailable in that session).
+    #[arg(long, env = "TOOLMESH_MEMBER_TIMEOUT_MS", default_value_t = toolmesh_proto::DEFAULT_MEMBER_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u32).range(1..=600_000))]
+    pub member_timeout_ms: u32,
     /// Tool usage is kept per minute this long, then compacted to hours (`48h`, `7d`, ...).
     #[arg(long, env = "TOOLMESH_USAGE_MINUTE_RETENTION", default_value = "48h", value_parser = parse_retention)]
     pub usage_minute_retention: chrono::Duration,
     /// Tool usage older than this is deleted (`30d`, `90d`, ...).
     #[arg(long, env = "TOOLMESH_USAGE_RETENTION", default_value = "30d", value_parser = parse_retention)]
     pub usage_retention: chrono::Duration,
+}
+
+/// One `--allowed-hosts` entry: `*`, a host name, an IPv4 address or a bracketed IPv6 address,
+/// without port; lower-cased (host names are case-insensitive).
+pub fn parse_allowed_host(v: &str) -> Result<String, String> {
+    let h = v.trim().to_ascii_lowercase();
+    let bracketed_v6 = h.starts_with('[')
+        && h.ends_with(']')
+        && h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+    let name_ok = !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if h == "*" || bracketed_v6 || name_ok {
+        Ok(h)
+    } else if h.contains(':') && !h.starts_with('[') {
+        Err(format!(
+            "{v:?}: give host names without a port (IPv6 addresses in brackets)"
+        ))
+    } else {
+        Err(format!(
+            "{v:?} is not a host name (letters, digits, '-', '.'), an IP address or *"
+        ))
+    }
 }
 
 /// A retention such as `48h` or `30d` (units `s`, `m`, `h`, `d`, `w`).
@@ -137,8 +176,21 @@ impl ServeConfig {
             wasm_path: PathBuf::from("target/wasm32-wasip1/wasm-release/toolmesh_filter.wasm"),
             stream_idle_timeout_secs: 600,
             upstream_ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            list_page_size: toolmesh_proto::DEFAULT_LIST_PAGE_SIZE,
+            allowed_hosts: Vec::new(),
+            member_timeout_ms: toolmesh_proto::DEFAULT_MEMBER_TIMEOUT_MS,
             usage_minute_retention: chrono::Duration::hours(48),
             usage_retention: chrono::Duration::days(30),
+        }
+    }
+
+    /// What the publisher puts into every policy snapshot besides the catalog.
+    pub fn policy_settings(&self) -> crate::policy::PolicySettings {
+        crate::policy::PolicySettings {
+            public_url: self.public_mcp_url.clone(),
+            list_page_size: self.list_page_size.max(1),
+            allowed_hosts: self.allowed_hosts.clone(),
+            member_timeout_ms: self.member_timeout_ms.max(1),
         }
     }
 

@@ -69,10 +69,10 @@ pub async fn publish_once(
     store: &Store,
     xds: &XdsHandle,
     published: &PublishedState,
-    public_url: &str,
+    settings: &policy::PolicySettings,
     key: &SecretKey,
 ) -> Result<u64, String> {
-    let model = policy::gateway_model_with(store, public_url)
+    let model = policy::gateway_model_with(store, settings)
         .await
         .map_err(|e| format!("reading the catalog: {e}"))?;
     xds.publish(&to_xds_model(&model, key)?)
@@ -99,13 +99,13 @@ pub fn spawn_publisher(
     mut versions: tokio::sync::watch::Receiver<u64>,
     xds: XdsHandle,
     published: PublishedState,
-    public_url: String,
+    settings: policy::PolicySettings,
     key: Arc<SecretKey>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             versions.borrow_and_update();
-            match publish_once(&store, &xds, &published, &public_url, &key).await {
+            match publish_once(&store, &xds, &published, &settings, &key).await {
                 Ok(v) => tracing::info!(catalog_version = v, "catalog published to Envoy (xDS)"),
                 Err(e) => {
                     if let Ok(mut p) = published.lock() {

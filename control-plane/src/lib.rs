@@ -29,7 +29,10 @@ use std::future::Future;
 
 pub use api::{AppState, router};
 pub use config::{ServeConfig, StoreConfig};
-pub use policy::{GatewayModel, UpstreamEndpoint, compile_policy, gateway_model};
+pub use policy::{
+    GatewayModel, PolicySettings, UpstreamEndpoint, compile_policy, gateway_model,
+    gateway_model_with,
+};
 pub use store::Store;
 
 use crate::admin::TokenSetup;
@@ -158,6 +161,7 @@ pub async fn build_state(config: &ServeConfig) -> Result<AppState, ServeError> {
         api::ApiSettings {
             public_mcp_url: config.public_mcp_url.clone(),
             discovery_timeout: config.discovery_timeout(),
+            policy: config.policy_settings(),
         },
     )
     .with_usage(usage))
@@ -272,7 +276,7 @@ pub async fn serve(
         state.catalog_version.clone(),
         xds,
         state.published.clone(),
-        config.public_mcp_url.clone(),
+        config.policy_settings(),
         state.key.clone(),
     );
     let xds_task = tokio::spawn(xds_server.serve(xds_listener, stopped(stop_rx.clone())));

@@ -190,25 +190,55 @@ pub fn exposed_catalog(dump: &CatalogDump) -> BTreeMap<String, ExposedCatalog> {
 /// The public MCP URL [`gateway_model`] assumes (the `--public-mcp-url` default).
 pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
 
-/// Read the catalog at one version and build the gateway model (with the default public URL in
-/// the token-check settings; `serve` uses [`gateway_model_with`]).
-pub async fn gateway_model(store: &Store) -> Result<GatewayModel, StoreError> {
-    gateway_model_with(store, DEFAULT_PUBLIC_URL).await
+/// What `serve` puts into every snapshot besides the catalog (its flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySettings {
+    /// Where clients reach Envoy (`auth.public_url`: the `WWW-Authenticate` resource metadata
+    /// URL, and a host the filter accepts in `Host`/`Origin`).
+    pub public_url: String,
+    /// Items per page of the lists the filter answers (`limits.list_page_size`, at least 1).
+    pub list_page_size: u32,
+    /// More host names the filter accepts in `Host`/`Origin` (`limits.allowed_hosts`; `*` = any).
+    pub allowed_hosts: Vec<String>,
+    /// How long the filter waits for each member to open its session on `initialize`
+    /// (`sessions.member_timeout_ms`, at least 1).
+    pub member_timeout_ms: u32,
 }
 
-/// Read the catalog at one version and build the gateway model; `public_url` is where clients
-/// reach Envoy (for the `WWW-Authenticate` resource metadata URL). Besides the compiled policy,
-/// the snapshot carries the token checks: the JWKS, anonymous virtual servers and revoked token
-/// ids (read just after the catalog; a revocation always bumps the version, so a later one is
-/// published again).
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            public_url: DEFAULT_PUBLIC_URL.into(),
+            list_page_size: toolmesh_proto::DEFAULT_LIST_PAGE_SIZE,
+            allowed_hosts: Vec::new(),
+            member_timeout_ms: toolmesh_proto::DEFAULT_MEMBER_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Read the catalog at one version and build the gateway model (with the default
+/// [`PolicySettings`]; `serve` uses [`gateway_model_with`]).
+pub async fn gateway_model(store: &Store) -> Result<GatewayModel, StoreError> {
+    gateway_model_with(store, &PolicySettings::default()).await
+}
+
+/// Read the catalog at one version and build the gateway model under `settings` (limits,
+/// member timeout, public URL). Besides the compiled policy, the snapshot carries the token
+/// checks: the JWKS, anonymous virtual servers and revoked token ids (read just after the
+/// catalog; a revocation always bumps the version, so a later one is published again). The
+/// session keys are not in it: the publisher derives them from the secret key
+/// ([`crate::gateway::to_xds_model`]).
 pub async fn gateway_model_with(
     store: &Store,
-    public_url: &str,
+    settings: &PolicySettings,
 ) -> Result<GatewayModel, StoreError> {
     let dump = store.dump().await?;
     let mut policy = compile_policy(&dump);
+    policy.limits.list_page_size = settings.list_page_size;
+    policy.limits.allowed_hosts = settings.allowed_hosts.clone();
+    policy.sessions.member_timeout_ms = settings.member_timeout_ms;
     policy.revoked_token_ids = crate::tokens::revoked_ids(store).await?;
-    policy.auth = Some(crate::tokens::auth_policy(store, public_url).await?);
+    policy.auth = Some(crate::tokens::auth_policy(store, &settings.public_url).await?);
     Ok(GatewayModel {
         version: dump.version as u64,
         policy,

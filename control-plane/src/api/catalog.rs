@@ -46,8 +46,7 @@ pub const REDACTED: &str = "<redacted>";
 pub(super) async fn policy(
     State(state): State<AppState>,
 ) -> Result<Json<toolmesh_proto::PolicySnapshot>, ApiError> {
-    let model =
-        crate::policy::gateway_model_with(&state.store, &state.settings.public_mcp_url).await?;
+    let model = crate::policy::gateway_model_with(&state.store, &state.settings.policy).await?;
     let mut policy = model.policy;
     policy.sessions.keys = vec![toolmesh_proto::SessionKey {
         secret: REDACTED.into(),

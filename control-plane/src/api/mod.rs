@@ -41,6 +41,9 @@ pub struct ApiSettings {
     pub public_mcp_url: String,
     /// Deadline for one discovery.
     pub discovery_timeout: Duration,
+    /// What the policy gets besides the catalog (`/v1/policy` shows it as the publisher
+    /// pushes it).
+    pub policy: crate::policy::PolicySettings,
 }
 
 /// The envelope of every list: a page of items and the cursor of the next page.

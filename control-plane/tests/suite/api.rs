@@ -81,6 +81,10 @@ fn valid_policy(policy: &Value) -> toolmesh_proto::PolicySnapshot {
     assert_eq!(snap.sessions.keys[0].secret, "<redacted>");
     assert!(!snap.sessions.keys[0].id.is_empty());
     snap.sessions.keys[0].secret = "A".repeat(43);
+    // The test app runs with the defaults of `serve`.
+    assert_eq!(snap.limits.list_page_size, 100);
+    assert!(snap.limits.allowed_hosts.is_empty());
+    assert_eq!(snap.sessions.member_timeout_ms, 5000);
     snap.validate().expect("valid snapshot");
     snap
 }

@@ -215,6 +215,11 @@ impl Serve {
 
 /// Start `toolmesh serve` on a free port and wait until its API is up.
 fn start_serve(data_dir: &std::path::Path) -> Serve {
+    start_serve_with(data_dir, &[], &[])
+}
+
+/// [`start_serve`] with more flags and environment variables (set after the defaults).
+fn start_serve_with(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
     let mut cmd = Command::new(BIN);
     cmd.args([
         "serve",
@@ -225,6 +230,7 @@ fn start_serve(data_dir: &std::path::Path) -> Serve {
         "--log-format",
         "json",
     ])
+    .args(args)
     .env("TOOLMESH_DATA_DIR", data_dir)
     .env("TOOLMESH_DISCOVERY_INTERVAL", "0")
     .env("TOOLMESH_DISCOVERY_WATCH", "false")
@@ -233,6 +239,10 @@ fn start_serve(data_dir: &std::path::Path) -> Serve {
     .env_remove("TOOLMESH_SECRET_KEY")
     .env_remove("TOOLMESH_SECRET_KEY_FILE")
     .env_remove("RUST_LOG")
+    .env_remove("TOOLMESH_LIST_PAGE_SIZE")
+    .env_remove("TOOLMESH_ALLOWED_HOSTS")
+    .env_remove("TOOLMESH_MEMBER_TIMEOUT_MS")
+    .envs(env.iter().copied())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let mut child = Child(cmd.spawn().unwrap());
@@ -403,4 +413,87 @@ async fn serve_first_start_generates_token_and_key_then_reuses_them() {
         .unwrap();
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("secret key does not match"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_knobs_reach_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    // Flags and environment variables; a flag wins over its variable.
+    let mut serve = start_serve_with(
+        dir.path(),
+        &["--member-timeout-ms", "1500", "--list-page-size", "9"],
+        &[
+            ("TOOLMESH_ADMIN_TOKEN", TOKEN),
+            ("TOOLMESH_LIST_PAGE_SIZE", "7"),
+            (
+                "TOOLMESH_ALLOWED_HOSTS",
+                "mcp.example.com, Gateway.Internal,[::2]",
+            ),
+        ],
+    );
+    let policy: Value = http
+        .get(format!("{}/v1/policy", serve.api))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(policy["limits"]["list_page_size"], 9, "{policy}");
+    assert_eq!(
+        policy["limits"]["allowed_hosts"],
+        serde_json::json!(["mcp.example.com", "gateway.internal", "[::2]"])
+    );
+    assert_eq!(policy["sessions"]["member_timeout_ms"], 1500);
+    assert!(sigterm(&mut serve.child).success());
+
+    // Defaults.
+    let mut serve = start_serve_with(dir.path(), &[], &[("TOOLMESH_ADMIN_TOKEN", TOKEN)]);
+    let policy: Value = http
+        .get(format!("{}/v1/policy", serve.api))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(policy["limits"]["list_page_size"], 100, "{policy}");
+    assert!(policy["limits"].get("allowed_hosts").is_none(), "{policy}");
+    assert_eq!(policy["sessions"]["member_timeout_ms"], 5000);
+    assert!(sigterm(&mut serve.child).success());
+
+    // Values the filter could not use are refused at start, naming the flag.
+    for (args, env, needle) in [
+        (vec!["--list-page-size", "0"], vec![], "--list-page-size"),
+        (
+            vec![],
+            vec![("TOOLMESH_MEMBER_TIMEOUT_MS", "0")],
+            "--member-timeout-ms",
+        ),
+        (
+            vec!["--allowed-hosts", "ok.example,bad.example:8443"],
+            vec![],
+            "without a port",
+        ),
+        (
+            vec![],
+            vec![("TOOLMESH_ALLOWED_HOSTS", "evil.example/x")],
+            "is not a host name",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--api-port", "0", "--xds-port", "0"])
+            .args(&args)
+            .env("TOOLMESH_DATA_DIR", dir.path())
+            .env_remove("DATABASE_URL")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {env:?} started");
+        assert!(err.contains(needle), "{args:?} {env:?}: {err}");
+    }
 }

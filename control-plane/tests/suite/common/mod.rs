@@ -214,8 +214,8 @@ impl TestApp {
     /// A router over the same store with another discovery timeout.
     pub fn router_with_discovery_timeout(&self, timeout: Duration) -> axum::Router {
         let settings = toolmesh::api::ApiSettings {
-            public_mcp_url: self.config.public_mcp_url.clone(),
             discovery_timeout: timeout,
+            ..(*self.state.settings).clone()
         };
         toolmesh::router(AppState {
             settings: std::sync::Arc::new(settings),
