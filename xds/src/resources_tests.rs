@@ -14,8 +14,20 @@ fn upstream(name: &str, cluster: &str, url: &str) -> UpstreamEndpoint {
     }
 }
 
+/// A session-sealing key (required by the snapshot once there are virtual servers).
+fn sessions() -> toolmesh_proto::Sessions {
+    toolmesh_proto::Sessions {
+        keys: vec![toolmesh_proto::SessionKey {
+            id: "test".into(),
+            secret: "A".repeat(43),
+        }],
+        ..Default::default()
+    }
+}
+
 fn model() -> GatewayModel {
     let mut policy = PolicySnapshot::empty("42");
+    policy.sessions = sessions();
     policy.virtual_servers.push(VirtualServer {
         name: "demo".into(),
         members: vec![Member {

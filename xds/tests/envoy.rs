@@ -256,6 +256,14 @@ async fn start_upstream() -> Result<(SocketAddr, Seen)> {
 
 fn model(catalog_version: &str, upstream: SocketAddr) -> GatewayModel {
     let mut policy = PolicySnapshot::empty(catalog_version);
+    // Virtual servers need a key to seal their sessions.
+    policy.sessions = toolmesh_proto::Sessions {
+        keys: vec![toolmesh_proto::SessionKey {
+            id: "test".into(),
+            secret: "A".repeat(43),
+        }],
+        ..Default::default()
+    };
     policy.virtual_servers.push(VirtualServer {
         name: "demo".into(),
         members: vec![Member {
