@@ -170,6 +170,22 @@ pub struct Flow {
     strip_session: bool,
     /// Lines for the shell to log (member failures).
     notes: Vec<String>,
+    /// Request facts for Envoy's access log, as (property, value) pairs the shell sets.
+    log: Vec<(&'static str, String)>,
+}
+
+/// The properties the shell sets for Envoy's access log (filter state `wasm.<name>`, read with
+/// `%FILTER_STATE(wasm.toolmesh.vs:PLAIN)%` and so on).
+pub mod log_properties {
+    /// The virtual server.
+    pub const VS: &str = "toolmesh.vs";
+    /// The request kind (the `rq.<method>` stat segment).
+    pub const METHOD: &str = "toolmesh.method";
+    /// For tools/call: `<mcp_server>/<exposed tool name>`.
+    pub const TOOL: &str = "toolmesh.tool";
+    /// `ok`, `error` (calls), `forwarded` (other requests), `local` (answered by the filter),
+    /// `denied.<reason>`; `pending` while a call's response is still streaming.
+    pub const OUTCOME: &str = "toolmesh.outcome";
 }
 
 impl Flow {
@@ -187,6 +203,7 @@ impl Flow {
             session_id: None,
             strip_session: false,
             notes: Vec::new(),
+            log: Vec::new(),
         }
     }
 
@@ -208,6 +225,21 @@ impl Flow {
             .as_ref()
             .and_then(|a| a.check(vs, facts, now_s));
         self.caller = facts.jti.clone().unwrap_or_default();
+    }
+
+    /// Access-log properties to set since the last call (see [`log_properties`]).
+    pub fn take_log_properties(&mut self) -> Vec<(&'static str, String)> {
+        std::mem::take(&mut self.log)
+    }
+
+    fn log_request(&mut self, vs: Option<usize>, method: Option<crate::stats::MethodStat>) {
+        if let Some(v) = vs.and_then(|i| self.policy.virtual_server_at(i)) {
+            self.log.push((log_properties::VS, v.name.clone()));
+        }
+        if let Some(m) = method {
+            self.log
+                .push((log_properties::METHOD, m.as_str().to_owned()));
+        }
     }
 
     /// Lines the shell should log at warning level (member sessions that failed to open).
@@ -460,6 +492,18 @@ impl Flow {
         }
         self.phase = Phase::Forwarded;
         self.stats.push(StatOp::inc(vs_rq(f.vs, f.method)));
+        self.log_request(Some(f.vs), Some(f.method));
+        let tool = f.tool.and_then(|t| policy.tool_identity(t.stat));
+        if let Some((server, name)) = tool {
+            self.log
+                .push((log_properties::TOOL, format!("{server}/{name}")));
+        }
+        let outcome = if f.tool.is_some() {
+            "pending"
+        } else {
+            "forwarded"
+        };
+        self.log.push((log_properties::OUTCOME, outcome.to_owned()));
         if let Some(t) = &f.tool {
             self.stats.push(tool_op(t, ToolMetric::Calls, 1));
             self.stats
@@ -499,6 +543,8 @@ impl Flow {
             },
         };
         self.stats.push(StatOp::inc(vs_rq(l.vs, l.method)));
+        self.log_request(Some(l.vs), Some(l.method));
+        self.log.push((log_properties::OUTCOME, "local".to_owned()));
         self.phase = Phase::Denied;
         let id = l.id.as_ref();
         match &l.kind {
@@ -758,6 +804,11 @@ impl Flow {
 
     fn deny(&mut self, d: Deny) -> RequestAction {
         self.phase = Phase::Denied;
+        self.log_request(d.vs, d.method);
+        self.log.push((
+            log_properties::OUTCOME,
+            format!("denied.{}", d.reason.as_str()),
+        ));
         match d.vs {
             Some(vs) => {
                 if let Some(m) = d.method {
@@ -857,6 +908,8 @@ impl Flow {
         if error {
             self.stats.push(tool_op(&tool, ToolMetric::Errors, 1));
         }
+        let outcome = if error { "error" } else { "ok" };
+        self.log.push((log_properties::OUTCOME, outcome.to_owned()));
         self.stats.push(tool_op(
             &tool,
             ToolMetric::LatencyMs,

@@ -235,6 +235,14 @@ impl CompiledPolicy {
         })
     }
 
+    /// The owning MCP server and exposed name of the tool with stat index `stat`
+    /// ([`Item::stat`]).
+    pub fn tool_identity(&self, stat: u32) -> Option<(&str, &str)> {
+        let (vs, member, exposed) = self.tool_stats.get(usize::try_from(stat).ok()?)?;
+        let member = self.virtual_servers.get(*vs)?.members.get(*member)?;
+        Some((member.mcp_server.as_str(), exposed.as_str()))
+    }
+
     /// The virtual server named `name`.
     pub fn virtual_server(&self, name: &str) -> Option<&CompiledVs> {
         self.index

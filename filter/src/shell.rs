@@ -124,7 +124,7 @@ fn record(policy: &CompiledPolicy, op: &StatOp) {
     }
 }
 
-/// Apply the flow's pending stat updates and log its notes.
+/// Apply the flow's pending stat updates, log its notes and set its access-log properties.
 fn apply_stats(flow: &mut Flow) {
     let policy = Rc::clone(flow.policy());
     for op in flow.drain_stats() {
@@ -132,6 +132,12 @@ fn apply_stats(flow: &mut Flow) {
     }
     for note in flow.take_notes() {
         warn!("toolmesh: {note}");
+    }
+    for (name, value) in flow.take_log_properties() {
+        // Envoy keeps it as filter state `wasm.<name>` for the access log.
+        if let Err(e) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
+            debug!("toolmesh: access-log property {name} not set: {e:?}");
+        }
     }
 }
 

@@ -1381,3 +1381,40 @@ fn request_trailers_are_refused_while_the_body_is_read() {
     let (_, _, mut flow) = run(&post("/servers/demo/mcp"), &call("1", "echo"));
     assert_eq!(flow.on_request_trailers(), None);
 }
+
+#[test]
+fn access_log_properties_name_the_virtual_server_tool_and_outcome() {
+    use toolmesh_filter::flow::log_properties::{METHOD, OUTCOME, TOOL, VS};
+    let prop = |props: &[(&'static str, String)], name: &str| {
+        props
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut flow = forwarded_call();
+    let props = flow.take_log_properties();
+    assert_eq!(prop(&props, VS).as_deref(), Some("demo"));
+    assert_eq!(prop(&props, METHOD).as_deref(), Some("tools_call"));
+    assert_eq!(prop(&props, TOOL).as_deref(), Some("everything/echo"));
+    assert_eq!(prop(&props, OUTCOME).as_deref(), Some("pending"));
+    flow.on_response_headers(500, Some("application/json"), false, 0);
+    flow.on_response_body(b"{}", true, 1_000_100);
+    assert_eq!(
+        prop(&flow.take_log_properties(), OUTCOME).as_deref(),
+        Some("error")
+    );
+
+    let (_, _, mut flow) = run(&post("/servers/demo/mcp"), &call("1", "secret"));
+    let props = flow.take_log_properties();
+    assert_eq!(prop(&props, OUTCOME).as_deref(), Some("denied.not_allowed"));
+    assert_eq!(prop(&props, VS).as_deref(), Some("demo"));
+    let (_, _, mut flow) = run(
+        &post("/servers/demo/mcp"),
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    );
+    assert_eq!(
+        prop(&flow.take_log_properties(), OUTCOME).as_deref(),
+        Some("local")
+    );
+}
