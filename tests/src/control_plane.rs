@@ -7,6 +7,7 @@
 //! server over real sockets.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -18,6 +19,17 @@ use crate::tools;
 
 /// The admin token every test control plane uses.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+
+/// A change a test makes to the control plane's [`toolmesh::ServeConfig`] (a knob such as
+/// the list page size), applied after the harness's own settings.
+#[derive(Clone)]
+pub struct ServeConfigHook(pub Arc<dyn Fn(&mut toolmesh::ServeConfig) + Send + Sync>);
+
+impl std::fmt::Debug for ServeConfigHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServeConfigHook")
+    }
+}
 
 /// Where and how to run a control plane.
 #[derive(Debug, Clone)]
@@ -32,6 +44,8 @@ pub struct ControlPlaneOptions {
     pub mcp_port: u16,
     /// The filter's wasm file.
     pub wasm_path: PathBuf,
+    /// Changes to the serve configuration (knobs a test wants), applied last.
+    pub configure: Option<ServeConfigHook>,
 }
 
 impl ControlPlaneOptions {
@@ -43,6 +57,7 @@ impl ControlPlaneOptions {
             xds_port: free_port(),
             mcp_port: free_port(),
             wasm_path: wasm_path.to_path_buf(),
+            configure: None,
         }
     }
 }
@@ -69,6 +84,9 @@ impl ControlPlane {
         config.discovery_interval_secs = 0;
         config.discovery_watch = false;
         config.public_mcp_url = format!("http://127.0.0.1:{}", opts.mcp_port);
+        if let Some(ServeConfigHook(configure)) = &opts.configure {
+            configure(&mut config);
+        }
         let state = toolmesh::build_state(&config)
             .await
             .context("building the control plane state")?;

@@ -12,6 +12,8 @@
 //!   ([`policy::test_server_member`]);
 //! - [`control_plane`]: the toolmesh control plane in-process, and Envoy from the shipped
 //!   bootstrap (everything over xDS);
+//! - [`gateway`]: both set up for a test — MCP servers registered, virtual servers created,
+//!   Envoy in sync ([`gateway::Gateway::builder`]);
 //! - [`clients`]: the official Python and TypeScript clients as subprocesses, and the test
 //!   server as a process.
 //!
@@ -23,6 +25,7 @@ pub mod config;
 pub mod conformance;
 pub mod control_plane;
 pub mod envoy;
+pub mod gateway;
 pub mod policy;
 pub mod process;
 pub mod tools;

@@ -10,74 +10,37 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use toolmesh_e2e::control_plane::{ControlPlane, ControlPlaneOptions, envoy_from_bootstrap};
-use toolmesh_e2e::envoy::Envoy;
+use toolmesh_e2e::gateway::Gateway;
 use toolmesh_e2e::test_servers::{RunningServer, TestServerConfig, spawn};
 use toolmesh_e2e::{python_client, require, results, tools};
 
 const CALL_ECHO: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#;
 
-struct Gateway {
-    cp: ControlPlane,
-    _envoy: Envoy,
-    upstream: RunningServer,
-    mcp_port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Gateway {
-    fn url(&self, vs: &str) -> String {
-        format!("http://127.0.0.1:{}/servers/{vs}/mcp", self.mcp_port)
-    }
-
-    fn metadata_url(&self, vs: &str) -> String {
-        format!(
-            "http://127.0.0.1:{}/.well-known/oauth-protected-resource/servers/{vs}/mcp",
-            self.mcp_port
-        )
-    }
+/// The RFC 9728 metadata URL a 401 of virtual server `vs` points at.
+fn metadata_url(gw: &Gateway, vs: &str) -> String {
+    format!(
+        "http://127.0.0.1:{}/.well-known/oauth-protected-resource/servers/{vs}/mcp",
+        gw.mcp_port()
+    )
 }
 
 /// Upstream, control plane with three virtual servers (`team-a`, `team-b`, anonymous `open`),
 /// and an Envoy in sync. `None` when Envoy, the wasm filter or Python are missing.
-async fn gateway(node: &str) -> Option<Gateway> {
-    let envoy_bin = require!(tools::envoy(), None);
-    let wasm = require!(tools::filter_wasm(), None);
+async fn gateway(node: &str) -> Option<(Gateway, RunningServer)> {
     require!(tools::python(), None);
     // Stateless with JSON responses: raw HTTP requests need no session.
     let upstream = spawn(TestServerConfig::stateless_json()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let opts = ControlPlaneOptions::new(dir.path(), &wasm);
-    let cp = ControlPlane::start(&opts).await.unwrap();
-    let reg = cp.register("everything", &upstream.url()).await.unwrap();
-    assert_eq!(reg["health"]["status"], "up", "{reg}");
+    // The registration's discovery finds the upstream up (checked by the builder).
+    let mut builder = Gateway::builder(node).mcp_server("everything", &upstream.url());
     for (name, anonymous) in [("team-a", false), ("team-b", false), ("open", true)] {
-        cp.ok(
-            Method::POST,
-            "/v1/virtual-servers",
-            Some(&json!({
-                "name": name,
-                "anonymous": anonymous,
-                "tools": [{"mcp_server": "everything", "tool": "echo"},
-                          {"mcp_server": "everything", "tool": "add"}],
-            })),
-        )
-        .await
-        .unwrap();
+        builder = builder.virtual_server(json!({
+            "name": name,
+            "anonymous": anonymous,
+            "tools": [{"mcp_server": "everything", "tool": "echo"},
+                      {"mcp_server": "everything", "tool": "add"}],
+        }));
     }
-    let envoy = envoy_from_bootstrap(&envoy_bin, node, opts.xds_port, opts.mcp_port)
-        .await
-        .unwrap();
-    cp.wait_envoys_in_sync(1, Duration::from_secs(60))
-        .await
-        .unwrap();
-    Some(Gateway {
-        cp,
-        _envoy: envoy,
-        upstream,
-        mcp_port: opts.mcp_port,
-        _dir: dir,
-    })
+    Some((builder.start().await?, upstream))
 }
 
 /// What a raw request got: status, `WWW-Authenticate`, JSON body.
@@ -156,7 +119,7 @@ fn assert_unauthorized(a: &Answer, gw: &Gateway, vs: &str, message_has: &str) {
     let www = a.www_authenticate.as_deref().unwrap_or_default();
     assert!(
         www.starts_with("Bearer ")
-            && www.contains(&format!("resource_metadata=\"{}\"", gw.metadata_url(vs))),
+            && www.contains(&format!("resource_metadata=\"{}\"", metadata_url(gw, vs))),
         "WWW-Authenticate: {www:?}"
     );
     assert_eq!(a.body["jsonrpc"], "2.0", "{a:?}");
@@ -189,11 +152,11 @@ fn assert_forbidden(a: &Answer, message_has: &str) {
 /// with a status and message a person can act on; no token reaches the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_open_only_their_virtual_servers() {
-    let Some(gw) = gateway("tokens-1").await else {
+    let Some((gw, upstream)) = gateway("tokens-1").await else {
         return;
     };
     let (token_a, meta_a) = gw
-        .cp
+        .cp()
         .issue_token(&json!({"name": "agent-a", "virtual_servers": ["team-a"], "expires_in": 3600}))
         .await
         .unwrap();
@@ -259,7 +222,7 @@ async fn tokens_open_only_their_virtual_servers() {
 
     // `*` opens every virtual server.
     let (token_all, _) = gw
-        .cp
+        .cp()
         .issue_token(&json!({"name": "ops", "virtual_servers": ["*"]}))
         .await
         .unwrap();
@@ -324,7 +287,7 @@ async fn tokens_open_only_their_virtual_servers() {
 
     // Source networks: the client is 127.0.0.1.
     let (far, _) = gw
-        .cp
+        .cp()
         .issue_token(
             &json!({"name": "far", "virtual_servers": ["team-a"], "source_cidrs": ["10.0.0.0/8"]}),
         )
@@ -333,7 +296,7 @@ async fn tokens_open_only_their_virtual_servers() {
     let a = post(&c, &gw.url("team-a"), Some(&far), CALL_ECHO).await;
     assert_forbidden(&a, "127.0.0.1");
     let (near, _) = gw
-        .cp
+        .cp()
         .issue_token(&json!({"name": "near", "virtual_servers": ["team-a"], "source_cidrs": ["10.0.0.0/8", "127.0.0.0/8"]}))
         .await
         .unwrap();
@@ -347,7 +310,7 @@ async fn tokens_open_only_their_virtual_servers() {
     assert!(a.allowed(), "{a:?}");
 
     // The protected resource metadata the 401 points at (RFC 9728).
-    let resp = c.get(gw.metadata_url("team-a")).send().await.unwrap();
+    let resp = c.get(metadata_url(&gw, "team-a")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let doc: Value = resp.json().await.unwrap();
     assert_eq!(doc["resource"], gw.url("team-a"), "{doc}");
@@ -355,7 +318,7 @@ async fn tokens_open_only_their_virtual_servers() {
     let resp = c
         .get(format!(
             "http://127.0.0.1:{}/.well-known/oauth-protected-resource/servers/nope/mcp",
-            gw.mcp_port
+            gw.mcp_port()
         ))
         .send()
         .await
@@ -364,7 +327,7 @@ async fn tokens_open_only_their_virtual_servers() {
 
     // A virtual-server token never opens the admin API.
     let resp = c
-        .get(format!("{}/v1/tokens", gw.cp.api()))
+        .get(format!("{}/v1/tokens", gw.cp().api()))
         .bearer_auth(&token_all)
         .send()
         .await
@@ -372,7 +335,7 @@ async fn tokens_open_only_their_virtual_servers() {
     assert_eq!(resp.status(), 401);
 
     // Nothing the client sent as a bearer token ever reached the upstream.
-    let seen = gw.upstream.requests();
+    let seen = upstream.requests();
     assert!(seen.len() >= 5, "{} requests", seen.len());
     for r in &seen {
         assert!(
@@ -391,11 +354,11 @@ async fn tokens_open_only_their_virtual_servers() {
 /// one once it expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_and_expired_tokens_stop_working() {
-    let Some(gw) = gateway("tokens-2").await else {
+    let Some((gw, _upstream)) = gateway("tokens-2").await else {
         return;
     };
     let (token, meta) = gw
-        .cp
+        .cp()
         .issue_token(&json!({"name": "soon-revoked", "virtual_servers": ["team-a"]}))
         .await
         .unwrap();
@@ -403,7 +366,7 @@ async fn revoked_and_expired_tokens_stop_working() {
     let a = post(&c, &gw.url("team-a"), Some(&token), CALL_ECHO).await;
     assert!(a.allowed(), "{a:?}");
 
-    gw.cp
+    gw.cp()
         .ok(
             Method::DELETE,
             &format!("/v1/tokens/{}", meta["id"].as_str().unwrap()),
@@ -431,7 +394,7 @@ async fn revoked_and_expired_tokens_stop_working() {
 
     // Expiry: 1 s lifetime (plus Envoy's 5 s clock-skew allowance).
     let (short, _) = gw
-        .cp
+        .cp()
         .issue_token(&json!({"name": "short", "virtual_servers": ["team-a"], "expires_in": 1}))
         .await
         .unwrap();
@@ -458,11 +421,11 @@ async fn revoked_and_expired_tokens_stop_working() {
 /// After a key rotation, tokens signed by the old key keep working and new tokens work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_keys_keep_old_tokens_valid() {
-    let Some(gw) = gateway("tokens-3").await else {
+    let Some((gw, _upstream)) = gateway("tokens-3").await else {
         return;
     };
     let (old, old_meta) = gw
-        .cp
+        .cp()
         .issue_token(&json!({"name": "old", "virtual_servers": ["team-a"]}))
         .await
         .unwrap();
@@ -474,16 +437,16 @@ async fn rotated_keys_keep_old_tokens_valid() {
     );
 
     let key = gw
-        .cp
+        .cp()
         .ok(Method::POST, "/v1/keys/rotate", None)
         .await
         .unwrap();
-    gw.cp
+    gw.cp()
         .wait_envoys_in_sync(1, Duration::from_secs(30))
         .await
         .unwrap();
     let (new, new_meta) = gw
-        .cp
+        .cp()
         .issue_token(&json!({"name": "new", "virtual_servers": ["team-a"]}))
         .await
         .unwrap();

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use toolmesh_e2e::control_plane::{ControlPlane, ControlPlaneOptions, envoy_from_bootstrap};
+use toolmesh_e2e::control_plane::ControlPlane;
+use toolmesh_e2e::gateway::Gateway;
 use toolmesh_e2e::test_servers::{TestServerConfig, spawn};
-use toolmesh_e2e::{Envoy, require, tools};
+use toolmesh_e2e::{Envoy, tools};
 
 /// Usage lags calls by one flush interval (5 s) plus storing; generous for a loaded machine.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -120,37 +121,28 @@ async fn control_plane_metric(cp: &ControlPlane, name: &str) -> Option<u64> {
 /// `/v1/usage/unused` and leaves it after a call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_through_two_envoys_are_counted_once_and_survive_a_restart() {
-    let envoy_bin = require!(tools::envoy());
-    let wasm = require!(tools::filter_wasm());
     let upstream = spawn(TestServerConfig::stateless_json()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let opts = ControlPlaneOptions::new(dir.path(), &wasm);
-    let cp = ControlPlane::start(&opts).await.unwrap();
-    cp.register("everything", &upstream.url()).await.unwrap();
-    cp.ok(
-        Method::POST,
-        "/v1/virtual-servers",
-        Some(&json!({"name": "demo", "anonymous": true, "tools": [
+    let Some(gw) = Gateway::builder("gw-1")
+        .mcp_server("everything", &upstream.url())
+        .virtual_server(json!({"name": "demo", "anonymous": true, "tools": [
             {"mcp_server": "everything", "tool": "echo"},
             {"mcp_server": "everything", "tool": "add", "expose_as": "add_numbers"},
-        ]})),
-    )
-    .await
-    .unwrap();
+        ]}))
+        .without_envoy()
+        .start()
+        .await
+    else {
+        return;
+    };
+    let cp = gw.cp();
 
     // Before any call both tools are unused.
-    assert_eq!(unused_exposed(&cp).await, ["add_numbers", "echo"]);
+    assert_eq!(unused_exposed(cp).await, ["add_numbers", "echo"]);
 
-    let gw1 = envoy_from_bootstrap(&envoy_bin, "gw-1", opts.xds_port, opts.mcp_port)
-        .await
-        .unwrap();
-    let gw2 = envoy_from_bootstrap(&envoy_bin, "gw-2", opts.xds_port, opts.mcp_port)
-        .await
-        .unwrap();
-    cp.wait_envoys_in_sync(2, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let url = format!("http://127.0.0.1:{}/servers/demo/mcp", opts.mcp_port);
+    let gw1 = gw.start_envoy("gw-1").await;
+    let gw2 = gw.start_envoy("gw-2").await;
+    gw.wait_in_sync(2).await;
+    let url = gw.url("demo");
 
     // 24 calls, spread over both Envoys by the kernel.
     let first = 24;
@@ -165,7 +157,7 @@ async fn calls_through_two_envoys_are_counted_once_and_survive_a_restart() {
         "both Envoys served calls: gw-1 {a}, gw-2 {b}"
     );
 
-    let usage = wait_for_echo_calls(&cp, first as u64).await;
+    let usage = wait_for_echo_calls(cp, first as u64).await;
     let echo = echo_row(&usage).unwrap();
     assert_eq!(echo["errors"], 0, "{echo}");
     assert_eq!(echo["upstream_tool"], "echo", "{echo}");
@@ -177,17 +169,17 @@ async fn calls_through_two_envoys_are_counted_once_and_survive_a_restart() {
     assert!(echo["last_called"].is_string(), "{echo}");
     // Two more flushes from each Envoy: still exactly the calls made (no double counting).
     tokio::time::sleep(Duration::from_secs(11)).await;
-    assert_eq!(echo_calls(&usage_tools(&cp).await), first as u64);
+    assert_eq!(echo_calls(&usage_tools(cp).await), first as u64);
     // Steady state (not an Envoy's first message, which also carries its node description).
-    let bytes = control_plane_metric(&cp, "toolmesh_usage_last_message_bytes").await;
-    let families = control_plane_metric(&cp, "toolmesh_usage_last_message_families").await;
+    let bytes = control_plane_metric(cp, "toolmesh_usage_last_message_bytes").await;
+    let families = control_plane_metric(cp, "toolmesh_usage_last_message_families").await;
     eprintln!(
         "metrics-service message in steady state: {bytes:?} bytes, {families:?} stat families"
     );
     assert!(bytes.is_some_and(|b| b > 0));
 
     // echo left `unused`; add_numbers is still there.
-    assert_eq!(unused_exposed(&cp).await, ["add_numbers"]);
+    assert_eq!(unused_exposed(cp).await, ["add_numbers"]);
     let vs = cp
         .ok(Method::GET, "/v1/usage/virtual-servers?since=1h", None)
         .await
@@ -202,12 +194,8 @@ async fn calls_through_two_envoys_are_counted_once_and_survive_a_restart() {
     // Kill gw-1 (SIGKILL: no goodbye flush) after everything it counted was reported, start a
     // new gw-1, and call again: the total keeps what was reported and adds the new calls.
     drop(gw1);
-    let gw1 = envoy_from_bootstrap(&envoy_bin, "gw-1", opts.xds_port, opts.mcp_port)
-        .await
-        .unwrap();
-    cp.wait_envoys_in_sync(2, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let gw1 = gw.start_envoy("gw-1").await;
+    gw.wait_in_sync(2).await;
     let second = 16;
     for i in 0..second {
         call_echo(&url, first + i).await;
@@ -215,56 +203,49 @@ async fn calls_through_two_envoys_are_counted_once_and_survive_a_restart() {
     let (a, b2) = (served(&gw1).await, served(&gw2).await);
     eprintln!("after the restart: new gw-1 {a}, gw-2 {} more", b2 - b);
     assert_eq!(a + (b2 - b), second as u64);
-    let usage = wait_for_echo_calls(&cp, (first + second) as u64).await;
+    let usage = wait_for_echo_calls(cp, (first + second) as u64).await;
     assert_eq!(
         echo_row(&usage).unwrap()["latency_samples"],
         first + second,
         "{usage}"
     );
 
-    cp.stop().await;
+    drop((gw1, gw2));
+    gw.stop().await;
 }
 
 /// What Envoy does with counts it has not flushed when it is stopped gracefully (SIGTERM):
 /// measured, and only required not to double count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gracefully_stopped_envoy_never_double_counts() {
-    let envoy_bin = require!(tools::envoy());
-    let wasm = require!(tools::filter_wasm());
     let upstream = spawn(TestServerConfig::stateless_json()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let opts = ControlPlaneOptions::new(dir.path(), &wasm);
-    let cp = ControlPlane::start(&opts).await.unwrap();
-    cp.register("everything", &upstream.url()).await.unwrap();
-    cp.ok(
-        Method::POST,
-        "/v1/virtual-servers",
-        Some(&json!({"name": "demo", "anonymous": true, "tools": [
-            {"mcp_server": "everything", "tool": "echo"}]})),
-    )
-    .await
-    .unwrap();
-    let mut envoy = envoy_from_bootstrap(&envoy_bin, "gw-1", opts.xds_port, opts.mcp_port)
+    let Some(mut gw) = Gateway::builder("gw-1")
+        .mcp_server("everything", &upstream.url())
+        .virtual_server(json!({"name": "demo", "anonymous": true, "tools": [
+            {"mcp_server": "everything", "tool": "echo"}]}))
+        .start()
         .await
-        .unwrap();
-    cp.wait_envoys_in_sync(1, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let url = format!("http://127.0.0.1:{}/servers/demo/mcp", opts.mcp_port);
+    else {
+        return;
+    };
+    let url = gw.url("demo");
     for i in 0..5 {
         call_echo(&url, i).await;
     }
-    wait_for_echo_calls(&cp, 5).await;
+    wait_for_echo_calls(gw.cp(), 5).await;
     // Three more, then SIGTERM right away (before the next flush, most likely).
     for i in 5..8 {
         call_echo(&url, i).await;
     }
-    envoy.process().terminate(Duration::from_secs(20)).await;
+    gw.envoy_mut()
+        .process()
+        .terminate(Duration::from_secs(20))
+        .await;
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let after = echo_calls(&usage_tools(&cp).await);
+    let after = echo_calls(&usage_tools(gw.cp()).await);
     eprintln!("after SIGTERM: {after} of 8 calls counted (5 were flushed before)");
     assert!((5..=8).contains(&after), "{after}");
-    cp.stop().await;
+    gw.stop().await;
 }
 
 /// The Grafana dashboard in the repo is valid JSON and shows what it claims to.

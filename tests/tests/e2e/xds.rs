@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use toolmesh_e2e::control_plane::{
-    ControlPlane, ControlPlaneOptions, envoy_from_bootstrap, postgres_url,
-};
+use toolmesh_e2e::control_plane::postgres_url;
+use toolmesh_e2e::gateway::Gateway;
 use toolmesh_e2e::test_servers::{TestServerConfig, spawn};
 use toolmesh_e2e::{python_client, require, results, tools};
 
@@ -67,32 +66,19 @@ fn demo_vs(tools: &[(&str, Option<&str>)]) -> Value {
 /// open connection, and Envoy serving through a control-plane outage and restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_changes_reach_envoy_and_survive_a_control_plane_restart() {
-    let envoy_bin = require!(tools::envoy());
-    let wasm = require!(tools::filter_wasm());
     require!(tools::python());
     // Stateless with JSON responses, so raw HTTP requests need no session.
     let upstream = spawn(TestServerConfig::stateless_json()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let opts = ControlPlaneOptions::new(dir.path(), &wasm);
-    let cp = ControlPlane::start(&opts).await.unwrap();
-
-    let reg = cp.register("everything", &upstream.url()).await.unwrap();
-    assert_eq!(reg["health"]["status"], "up", "{reg}");
-    cp.ok(
-        Method::POST,
-        "/v1/virtual-servers",
-        Some(&demo_vs(&[("echo", None), ("add", Some("add_numbers"))])),
-    )
-    .await
-    .unwrap();
-
-    let envoy = envoy_from_bootstrap(&envoy_bin, "gw-1", opts.xds_port, opts.mcp_port)
+    // The registration's discovery finds the upstream up (checked by the builder).
+    let Some(mut gw) = Gateway::builder("gw-1")
+        .mcp_server("everything", &upstream.url())
+        .virtual_server(demo_vs(&[("echo", None), ("add", Some("add_numbers"))]))
+        .start()
         .await
-        .unwrap();
-    cp.wait_envoys_in_sync(1, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let url = format!("http://127.0.0.1:{}/servers/demo/mcp", opts.mcp_port);
+    else {
+        return;
+    };
+    let url = gw.url("demo");
 
     // The official client sees exactly the virtual server's tools and can call them.
     let doc = python_client(
@@ -129,16 +115,17 @@ async fn catalog_changes_reach_envoy_and_survive_a_control_plane_restart() {
         .unwrap();
     let (status, v) = post(&client, &url, CALL_ECHO).await;
     assert!(status == 200 && is_allowed(&v), "{status} {v}");
-    let cx_before = envoy.stat("http.toolmesh.downstream_cx_total").await;
+    let cx_before = gw.envoy().stat("http.toolmesh.downstream_cx_total").await;
 
     // Remove `echo` through REST: refused on the open connection, quickly.
-    cp.ok(
-        Method::PUT,
-        "/v1/virtual-servers/demo",
-        Some(&demo_vs(&[("add", Some("add_numbers"))])),
-    )
-    .await
-    .unwrap();
+    gw.cp()
+        .ok(
+            Method::PUT,
+            "/v1/virtual-servers/demo",
+            Some(&demo_vs(&[("add", Some("add_numbers"))])),
+        )
+        .await
+        .unwrap();
     let changed = Instant::now();
     let refused_after = loop {
         let (status, v) = post(&client, &url, CALL_ECHO).await;
@@ -157,13 +144,13 @@ async fn catalog_changes_reach_envoy_and_survive_a_control_plane_restart() {
     // The target is 1 s; allow a wide margin on a loaded 2-core machine.
     assert!(refused_after < Duration::from_secs(3), "{refused_after:?}");
     assert_eq!(
-        envoy.stat("http.toolmesh.downstream_cx_total").await,
+        gw.envoy().stat("http.toolmesh.downstream_cx_total").await,
         cx_before,
         "the change must reach the connection that was already open"
     );
 
     // Control plane down: Envoy keeps serving the last policy.
-    cp.stop().await;
+    gw.stop_control_plane().await;
     let outage = Instant::now();
     while outage.elapsed() < Duration::from_secs(30) {
         let (status, v) = post(
@@ -185,17 +172,16 @@ async fn catalog_changes_reach_envoy_and_survive_a_control_plane_restart() {
     }
 
     // Back up (same database and xDS port): Envoy resyncs and a new change applies.
-    let cp = ControlPlane::start(&opts).await.unwrap();
-    cp.wait_envoys_in_sync(1, Duration::from_secs(60))
+    gw.restart_control_plane().await;
+    gw.wait_in_sync(1).await;
+    gw.cp()
+        .ok(
+            Method::PUT,
+            "/v1/virtual-servers/demo",
+            Some(&demo_vs(&[("echo", None), ("add", Some("add_numbers"))])),
+        )
         .await
         .unwrap();
-    cp.ok(
-        Method::PUT,
-        "/v1/virtual-servers/demo",
-        Some(&demo_vs(&[("echo", None), ("add", Some("add_numbers"))])),
-    )
-    .await
-    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, v) = post(&client, &url, CALL_ECHO).await;
@@ -208,13 +194,14 @@ async fn catalog_changes_reach_envoy_and_survive_a_control_plane_restart() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, envoys) = cp
+    let (_, envoys) = gw
+        .cp()
         .ok(Method::GET, "/v1/envoys", None)
         .await
         .map(|v| ((), v))
         .unwrap();
     assert_eq!(envoys["items"][0]["node_id"], "gw-1", "{envoys}");
-    let metrics = reqwest::get(format!("{}/metrics", cp.api()))
+    let metrics = reqwest::get(format!("{}/metrics", gw.cp().api()))
         .await
         .unwrap()
         .text()
@@ -224,15 +211,15 @@ async fn catalog_changes_reach_envoy_and_survive_a_control_plane_restart() {
         metrics.contains("toolmesh_xds_connected_envoys 1"),
         "{metrics}"
     );
-    cp.stop().await;
+    gw.stop().await;
 }
 
 /// Two control-plane replicas on one Postgres database, one Envoy on each: a change made
 /// through replica A reaches the Envoy connected to replica B (LISTEN/NOTIFY).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_replica_reaches_the_envoy_of_another() {
-    let envoy_bin = require!(tools::envoy());
-    let wasm = require!(tools::filter_wasm());
+    require!(tools::envoy());
+    require!(tools::filter_wasm());
     let base = require!(postgres_url());
     // A fresh schema, so the test owns its catalog.
     let schema = format!("e2e_xds_{}", std::process::id());
@@ -241,14 +228,25 @@ async fn a_change_through_one_replica_reaches_the_envoy_of_another() {
     let db_url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
 
     let upstream = spawn(TestServerConfig::stateless_json()).await.unwrap();
-    let dir_a = tempfile::tempdir().unwrap();
-    let dir_b = tempfile::tempdir().unwrap();
-    let mut opts_a = ControlPlaneOptions::new(dir_a.path(), &wasm);
-    opts_a.database_url = Some(db_url.clone());
-    let mut opts_b = ControlPlaneOptions::new(dir_b.path(), &wasm);
-    opts_b.database_url = Some(db_url);
-    let cp_a = ControlPlane::start(&opts_a).await.unwrap();
-    let cp_b = ControlPlane::start(&opts_b).await.unwrap();
+    // Both replicas run before the catalog is written, so B learns of it by notification.
+    let Some(a) = Gateway::builder("gw-a")
+        .database_url(&db_url)
+        .without_envoy()
+        .start()
+        .await
+    else {
+        return;
+    };
+    let Some(b) = Gateway::builder("gw-b")
+        .database_url(&db_url)
+        .without_envoy()
+        .start()
+        .await
+    else {
+        return;
+    };
+    let cp_a = a.cp();
+    let cp_b = b.cp();
 
     cp_a.register("everything", &upstream.url()).await.unwrap();
     cp_a.ok(
@@ -258,10 +256,8 @@ async fn a_change_through_one_replica_reaches_the_envoy_of_another() {
     )
     .await
     .unwrap();
-    let _envoy_b = envoy_from_bootstrap(&envoy_bin, "gw-b", opts_b.xds_port, opts_b.mcp_port)
-        .await
-        .unwrap();
-    let url_b = format!("http://127.0.0.1:{}/servers/demo/mcp", opts_b.mcp_port);
+    let _envoy_b = b.start_envoy("gw-b").await;
+    let url_b = b.url("demo");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -310,8 +306,8 @@ async fn a_change_through_one_replica_reaches_the_envoy_of_another() {
         "change through replica A enforced by Envoy B after {:?}",
         changed.elapsed()
     );
-    cp_a.stop().await;
-    cp_b.stop().await;
+    a.stop().await;
+    b.stop().await;
     drop(admin);
 }
 
@@ -363,38 +359,21 @@ async fn sqlx_free_admin(base: &str, schema: &str) -> SchemaGuard {
 /// client's own `Authorization` (the MCP spec forbids token passthrough).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_adds_the_upstream_credentials_from_the_catalog() {
-    let envoy_bin = require!(tools::envoy());
-    let wasm = require!(tools::filter_wasm());
     let upstream = spawn(TestServerConfig::stateless_json()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let opts = ControlPlaneOptions::new(dir.path(), &wasm);
-    let cp = ControlPlane::start(&opts).await.unwrap();
-    cp.ok(
-        Method::POST,
-        "/v1/mcp-servers",
-        Some(&json!({
+    let Some(gw) = Gateway::builder("gw-cred")
+        .mcp_server_with(json!({
             "name": "everything",
             "url": upstream.url(),
             "transport": "streamable-http",
             "headers": {"Authorization": "Bearer upstream-secret", "X-Api-Key": "k-123"},
-        })),
-    )
-    .await
-    .unwrap();
-    cp.ok(
-        Method::POST,
-        "/v1/virtual-servers",
-        Some(&demo_vs(&[("echo", None)])),
-    )
-    .await
-    .unwrap();
-    let _envoy = envoy_from_bootstrap(&envoy_bin, "gw-cred", opts.xds_port, opts.mcp_port)
+        }))
+        .virtual_server(demo_vs(&[("echo", None)]))
+        .start()
         .await
-        .unwrap();
-    cp.wait_envoys_in_sync(1, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let url = format!("http://127.0.0.1:{}/servers/demo/mcp", opts.mcp_port);
+    else {
+        return;
+    };
+    let url = gw.url("demo");
     let before = upstream.requests().len();
     let resp = reqwest::Client::new()
         .post(&url)
@@ -416,10 +395,17 @@ async fn envoy_adds_the_upstream_credentials_from_the_catalog() {
     );
     assert_eq!(seen[0].header("x-api-key"), Some("k-123"), "{seen:?}");
     // The credentials never show in the API.
-    let shown = cp
+    let shown = gw
+        .cp()
         .ok(Method::GET, "/v1/mcp-servers/everything", None)
         .await
         .unwrap();
     assert!(!shown.to_string().contains("upstream-secret"), "{shown}");
-    cp.stop().await;
+    // Nor in what the registration answered.
+    let registered = gw.registration("everything");
+    assert!(
+        !registered.to_string().contains("upstream-secret"),
+        "{registered}"
+    );
+    gw.stop().await;
 }
