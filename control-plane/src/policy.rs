@@ -150,6 +150,7 @@ pub fn compile_policy(dump: &CatalogDump) -> PolicySnapshot {
         }
         snapshot.virtual_servers.push(VirtualServer {
             name: vs.name.clone(),
+            callers: Vec::new(),
             members,
         });
     }

@@ -172,6 +172,8 @@ pub struct Flow {
     notes: Vec<String>,
     /// Request facts for Envoy's access log, as (property, value) pairs the shell sets.
     log: Vec<(&'static str, String)>,
+    /// The virtual server of the forwarded call (for the caller's `errors`).
+    call_vs: Option<usize>,
 }
 
 /// The properties the shell sets for Envoy's access log (filter state `wasm.<name>`, read with
@@ -204,6 +206,7 @@ impl Flow {
             strip_session: false,
             notes: Vec::new(),
             log: Vec::new(),
+            call_vs: None,
         }
     }
 
@@ -230,6 +233,18 @@ impl Flow {
     /// Access-log properties to set since the last call (see [`log_properties`]).
     pub fn take_log_properties(&mut self) -> Vec<(&'static str, String)> {
         std::mem::take(&mut self.log)
+    }
+
+    /// Count `metric` for this request's caller on virtual server `vs`, if the policy lists
+    /// the caller there.
+    fn count_caller(&mut self, vs: usize, metric: crate::stats::CallerMetric) {
+        if self.caller.is_empty() {
+            return;
+        }
+        if let Some(caller) = self.policy.caller_stat(vs, &self.caller) {
+            self.stats
+                .push(StatOp::inc(StatKey::Caller { caller, metric }));
+        }
     }
 
     fn log_request(&mut self, vs: Option<usize>, method: Option<crate::stats::MethodStat>) {
@@ -497,6 +512,10 @@ impl Flow {
         if let Some((server, name)) = tool {
             self.log
                 .push((log_properties::TOOL, format!("{server}/{name}")));
+        }
+        if f.tool.is_some() {
+            self.count_caller(f.vs, crate::stats::CallerMetric::Calls);
+            self.call_vs = Some(f.vs);
         }
         let outcome = if f.tool.is_some() {
             "pending"
@@ -809,6 +828,9 @@ impl Flow {
             log_properties::OUTCOME,
             format!("denied.{}", d.reason.as_str()),
         ));
+        if let Some(vs) = d.vs {
+            self.count_caller(vs, crate::stats::CallerMetric::Denied);
+        }
         match d.vs {
             Some(vs) => {
                 if let Some(m) = d.method {
@@ -907,6 +929,9 @@ impl Flow {
         let tool = call.tool;
         if error {
             self.stats.push(tool_op(&tool, ToolMetric::Errors, 1));
+        }
+        if error && let Some(vs) = self.call_vs {
+            self.count_caller(vs, crate::stats::CallerMetric::Errors);
         }
         let outcome = if error { "error" } else { "ok" };
         self.log.push((log_properties::OUTCOME, outcome.to_owned()));

@@ -14,7 +14,7 @@ use toolmesh_proto::{PolicyError, PolicySnapshot};
 use crate::lists::ListKind;
 use crate::sanitize::skeleton;
 use crate::session::SessionKeys;
-use crate::stats::{self, MethodStat, MetricIds, Reason, StatKey, ToolMetric};
+use crate::stats::{self, CallerMetric, MethodStat, MetricIds, Reason, StatKey, ToolMetric};
 use crate::template::UriTemplate;
 
 /// A policy ready for lookups.
@@ -28,6 +28,10 @@ pub struct CompiledPolicy {
     virtual_servers: Vec<CompiledVs>,
     /// Per tool stat index ([`Item::stat`]): (virtual server, member, exposed name).
     tool_stats: Vec<(usize, usize, String)>,
+    /// Per caller stat index: (virtual server, token id).
+    caller_stats: Vec<(usize, String)>,
+    /// (virtual server index, token id) → caller stat index.
+    caller_index: HashMap<(usize, String), u32>,
     /// Host metric ids by stat slot (filled by the shell).
     pub metric_ids: MetricIds,
     /// Token checks, when the snapshot has them.
@@ -140,6 +144,8 @@ impl CompiledPolicy {
         let mut index = HashMap::new();
         let mut virtual_servers = Vec::with_capacity(snapshot.virtual_servers.len());
         let mut tool_stats = Vec::new();
+        let mut caller_stats = Vec::new();
+        let mut caller_index = HashMap::new();
         for vs in &snapshot.virtual_servers {
             if index.contains_key(&vs.name) {
                 continue;
@@ -147,6 +153,14 @@ impl CompiledPolicy {
             let i = virtual_servers.len();
             index.insert(vs.name.clone(), i);
             virtual_servers.push(compile_vs(vs, i, &mut tool_stats));
+            for c in &vs.callers {
+                if let Ok(n) = u32::try_from(caller_stats.len())
+                    && !caller_index.contains_key(&(i, c.clone()))
+                {
+                    caller_index.insert((i, c.clone()), n);
+                    caller_stats.push((i, c.clone()));
+                }
+            }
         }
         Self {
             catalog_version: snapshot.catalog_version.clone(),
@@ -154,6 +168,8 @@ impl CompiledPolicy {
             index,
             virtual_servers,
             tool_stats,
+            caller_stats,
+            caller_index,
             metric_ids: MetricIds::default(),
             auth: crate::auth::CompiledAuth::compile(snapshot),
             sessions: SessionKeys::from_proto(&snapshot.sessions),
@@ -182,6 +198,9 @@ impl CompiledPolicy {
         const GLOBAL: usize = Reason::ALL.len();
         const PER_VS: usize = MethodStat::ALL.len() + Reason::ALL.len();
         const PER_TOOL: usize = ToolMetric::ALL.len();
+        const PER_CALLER: usize = CallerMetric::ALL.len();
+        let tools_end =
+            GLOBAL + self.virtual_servers.len() * PER_VS + self.tool_stats.len() * PER_TOOL;
         let slot = match key {
             StatKey::GlobalDenied(r) => r as usize,
             StatKey::VsRq { vs, method } => {
@@ -202,6 +221,12 @@ impl CompiledPolicy {
                     .filter(|&t| t < self.tool_stats.len())?;
                 GLOBAL + self.virtual_servers.len() * PER_VS + tool * PER_TOOL + metric as usize
             }
+            StatKey::Caller { caller, metric } => {
+                let caller = usize::try_from(caller)
+                    .ok()
+                    .filter(|&c| c < self.caller_stats.len())?;
+                tools_end + caller * PER_CALLER + metric as usize
+            }
         };
         u32::try_from(slot).ok()
     }
@@ -211,6 +236,7 @@ impl CompiledPolicy {
         Reason::ALL.len()
             + self.virtual_servers.len() * (MethodStat::ALL.len() + Reason::ALL.len())
             + self.tool_stats.len() * ToolMetric::ALL.len()
+            + self.caller_stats.len() * CallerMetric::ALL.len()
     }
 
     /// The Envoy stat name of `key` (see [`crate::stats`]); `None` if the key does not belong
@@ -226,6 +252,10 @@ impl CompiledPolicy {
             StatKey::GlobalDenied(r) => stats::global_denied(r),
             StatKey::VsRq { vs, method } => stats::vs_rq(vs_name(vs)?, method),
             StatKey::VsDenied { vs, reason } => stats::vs_denied(vs_name(vs)?, reason),
+            StatKey::Caller { caller, metric } => {
+                let (vs, id) = self.caller_stats.get(usize::try_from(caller).ok()?)?;
+                stats::caller_metric(&self.virtual_servers.get(*vs)?.name, id, metric)
+            }
             StatKey::Tool { tool, metric } => {
                 let (vs, member, exposed) = self.tool_stats.get(usize::try_from(tool).ok()?)?;
                 let vs = self.virtual_servers.get(*vs)?;
@@ -233,6 +263,14 @@ impl CompiledPolicy {
                 stats::tool_metric(&vs.name, &member.mcp_server, exposed, metric)
             }
         })
+    }
+
+    /// The caller stat index of token `id` on virtual server `vs`, if the policy lists it.
+    pub fn caller_stat(&self, vs: usize, id: &str) -> Option<u32> {
+        if self.caller_stats.is_empty() {
+            return None;
+        }
+        self.caller_index.get(&(vs, id.to_owned())).copied()
     }
 
     /// The owning MCP server and exposed name of the tool with stat index `stat`

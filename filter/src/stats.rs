@@ -61,6 +61,13 @@ pub enum StatKey {
         /// Why.
         reason: Reason,
     },
+    /// `toolmesh.caller.<vs>.<token id>.<metric>`.
+    Caller {
+        /// Index of the (virtual server, caller) pair in the policy.
+        caller: u32,
+        /// Which of the caller's metrics.
+        metric: CallerMetric,
+    },
     /// `toolmesh.tool.<vs>.<mcp_server>.<tool>.<metric>`.
     Tool {
         /// Index of the tool in the policy (see [`crate::policy::Item::stat`]).
@@ -78,6 +85,41 @@ impl StatKey {
             _ => MetricKind::Counter,
         }
     }
+}
+
+/// What is counted per caller (token) of a virtual server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallerMetric {
+    /// Forwarded `tools/call`s.
+    Calls,
+    /// Forwarded calls that ended in an error.
+    Errors,
+    /// Refused requests.
+    Denied,
+}
+
+impl CallerMetric {
+    /// Every value.
+    pub const ALL: [CallerMetric; 3] = [Self::Calls, Self::Errors, Self::Denied];
+
+    /// The stat name segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Calls => "calls",
+            Self::Errors => "errors",
+            Self::Denied => "denied",
+        }
+    }
+}
+
+/// `toolmesh.caller.<vs>.<caller>.<metric>`.
+pub fn caller_metric(vs: &str, caller: &str, metric: CallerMetric) -> String {
+    format!(
+        "toolmesh.caller.{}.{}.{}",
+        stat_segment(vs),
+        stat_segment(caller),
+        metric.as_str()
+    )
 }
 
 /// One stat update the shell applies to Envoy.

@@ -37,7 +37,7 @@ const POLICY: &str = r#"{
                   "definition": {"name": "get_forecast", "description": "Forecast",
                                  "inputSchema": {"type": "object"}}}]}
     ]},
-    {"name": "single", "members": [
+    {"name": "single", "callers": ["tok-a"], "members": [
       {"mcp_server": "everything", "cluster": "up_everything", "path": "/mcp",
        "authority": "127.0.0.1:3001",
        "tools": [{"name": "echo", "upstream_name": "echo"}]}
@@ -1417,4 +1417,65 @@ fn access_log_properties_name_the_virtual_server_tool_and_outcome() {
         prop(&flow.take_log_properties(), OUTCOME).as_deref(),
         Some("local")
     );
+}
+
+#[test]
+fn listed_callers_get_their_own_stats_and_others_do_not() {
+    for (jti, want) in [
+        (
+            "tok-a",
+            vec![
+                "toolmesh.vs.single.rq.tools_call",
+                "toolmesh.caller.single.tok-a.calls",
+                "toolmesh.tool.single.everything.echo.calls",
+            ],
+        ),
+        (
+            "tok-b",
+            vec![
+                "toolmesh.vs.single.rq.tools_call",
+                "toolmesh.tool.single.everything.echo.calls",
+            ],
+        ),
+    ] {
+        let mut flow = Flow::new(policy());
+        flow.check_token(
+            "single",
+            &TokenFacts {
+                jti: Some(jti.to_string()),
+                ..TokenFacts::default()
+            },
+            0,
+        );
+        assert_eq!(
+            flow.on_request_headers(&post("/servers/single/mcp"), 0),
+            RequestAction::ReadBody
+        );
+        route(&flow.on_request_body(call("1", "echo").as_bytes(), 0));
+        assert_eq!(counters(&take(&mut flow)), want, "{jti}");
+        flow.on_response_headers(502, Some("text/plain"), false, 0);
+        flow.on_response_body(b"bad gateway", true, 10);
+        let after = counters(&take(&mut flow));
+        assert_eq!(
+            after.contains(&"toolmesh.caller.single.tok-a.errors".to_string()),
+            jti == "tok-a",
+            "{after:?}"
+        );
+        // A refusal counts as the caller's denial.
+        let mut flow = Flow::new(policy());
+        flow.check_token(
+            "single",
+            &TokenFacts {
+                jti: Some(jti.to_string()),
+                ..TokenFacts::default()
+            },
+            0,
+        );
+        flow.on_request_headers(&post("/servers/single/mcp"), 0);
+        denial(&flow.on_request_body(call("2", "nope").as_bytes(), 0));
+        assert_eq!(
+            counters(&take(&mut flow)).contains(&"toolmesh.caller.single.tok-a.denied".to_string()),
+            jti == "tok-a"
+        );
+    }
 }

@@ -176,6 +176,12 @@ pub struct VirtualServer {
     pub name: String,
     /// The upstream MCP servers this virtual server draws from, each with what it may use.
     pub members: Vec<Member>,
+    /// Token ids (`jti`) whose requests on this virtual server get their own stats
+    /// (`toolmesh.caller.<vs>.<id>.*`). Listed by the control plane, so the number of stats
+    /// stays bounded by the tokens it issued; a caller not listed is counted only in the
+    /// virtual server's and tools' stats.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<String>,
 }
 
 /// One upstream MCP server's contribution to a virtual server.
@@ -517,6 +523,21 @@ impl PolicySnapshot {
                 });
             }
             vs.validate(i)?;
+            let mut seen = std::collections::HashSet::new();
+            for (j, c) in vs.callers.iter().enumerate() {
+                let ok = !c.is_empty()
+                    && c.len() <= 64
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !ok || !seen.insert(c.as_str()) {
+                    return Err(PolicyError::Invalid {
+                        field: format!("virtual_servers[{i}].callers[{j}]"),
+                        reason: format!(
+                            "{c:?} must be a unique token id of 1-64 characters of A-Z, a-z, 0-9, '_', '-'"
+                        ),
+                    });
+                }
+            }
         }
         Ok(())
     }

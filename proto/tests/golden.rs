@@ -10,6 +10,7 @@ fn sample() -> PolicySnapshot {
         limits: Limits::default(),
         virtual_servers: vec![VirtualServer {
             name: "demo".into(),
+            callers: Vec::new(),
             members: vec![Member {
                 capabilities: serde_json::json!({"tools": {}, "logging": {}})
                     .as_object()

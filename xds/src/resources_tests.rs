@@ -30,6 +30,7 @@ fn model() -> GatewayModel {
     policy.sessions = sessions();
     policy.virtual_servers.push(VirtualServer {
         name: "demo".into(),
+        callers: Vec::new(),
         members: vec![Member {
             tools: vec![NamedItem::new("echo", "echo")],
             ..Member::new("x", "mcp_x", "/mcp", "127.0.0.1:1")

@@ -220,8 +220,19 @@ async fn wait_in_sync(cp: &XdsHandle, envoy: &Envoy) -> Result<BTreeMap<Resource
     })
 }
 
-/// What the upstream saw: (Host header, path) per request.
-type Seen = Arc<Mutex<Vec<(String, String)>>>;
+/// One request as the upstream saw it.
+#[derive(Debug, Clone, PartialEq)]
+struct SeenRequest {
+    host: String,
+    path: String,
+    /// `Authorization`, if any.
+    authorization: Option<String>,
+    /// `X-Api-Key`, if any.
+    api_key: Option<String>,
+}
+
+/// What the upstream saw, in order.
+type Seen = Arc<Mutex<Vec<SeenRequest>>>;
 
 /// A tiny upstream MCP-ish server: answers any POST with a JSON-RPC result.
 async fn start_upstream() -> Result<(SocketAddr, Seen)> {
@@ -232,12 +243,18 @@ async fn start_upstream() -> Result<(SocketAddr, Seen)> {
         move |headers: HeaderMap, uri: axum::http::Uri, body: String| {
             let s = s.clone();
             async move {
-                let host = headers
-                    .get("host")
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                s.lock().unwrap().push((host, uri.path().to_string()));
+                let get = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                };
+                s.lock().unwrap().push(SeenRequest {
+                    host: get("host").unwrap_or_default(),
+                    path: uri.path().to_string(),
+                    authorization: get("authorization"),
+                    api_key: get("x-api-key"),
+                });
                 let id = serde_json::from_str::<serde_json::Value>(&body)
                     .ok()
                     .and_then(|v| v.get("id").cloned())
@@ -266,6 +283,7 @@ fn model(catalog_version: &str, upstream: SocketAddr) -> GatewayModel {
     };
     policy.virtual_servers.push(VirtualServer {
         name: "demo".into(),
+        callers: Vec::new(),
         members: vec![Member {
             tools: vec![NamedItem::new("echo", "echo")],
             ..Member::new("x", "mcp_x", "/mcp", "127.0.0.1:1")
@@ -410,7 +428,10 @@ async fn envoy_follows_the_control_plane() -> Result<()> {
     assert_eq!(v["id"], 7);
     assert_eq!(v["result"]["ok"], true);
     assert_eq!(
-        seen.lock().unwrap().last().cloned(),
+        seen.lock()
+            .unwrap()
+            .last()
+            .map(|r| (r.host.clone(), r.path.clone())),
         Some((upstream.to_string(), "/mcp".to_string()))
     );
 
@@ -599,6 +620,97 @@ async fn real_filter_accepts_the_policy() -> Result<()> {
         seen.lock().unwrap().is_empty(),
         "forged x-toolmesh-cluster reached the upstream"
     );
+    cp.stop().await?;
+    Ok(())
+}
+
+/// An upstream's credentials are set by its cluster, so they reach it on routed requests (where
+/// they replace the client's `Authorization`) and on calls the filter makes itself with
+/// `dispatch_http_call`, which never pass through the route table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_credentials_reach_routed_and_filter_made_calls() -> Result<()> {
+    init_tracing();
+    let Some(bin) = envoy_bin() else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let wasm = build_fixture_filter(dir.path())?;
+    let (upstream, seen) = start_upstream().await?;
+    let listener_port = free_port();
+    let settings = GatewaySettings {
+        listener_port,
+        ..GatewaySettings::new(&wasm)
+    };
+    let http = http_client();
+    let mut m = model("v1", upstream);
+    m.upstreams[0].request_headers = vec![
+        ("Authorization".into(), "Bearer upstream-secret".into()),
+        ("X-Api-Key".into(), "k1".into()),
+    ];
+    let cp = ControlPlane::start(settings, "127.0.0.1:0".parse()?).await?;
+    cp.handle.publish(&m)?;
+    let envoy = Envoy::start(&bin, dir.path(), cp.addr, "gw-creds")?;
+    wait_in_sync(&cp.handle, &envoy).await?;
+
+    // Routed: the client's token is replaced by the upstream's credential.
+    let (code, _, body) = eventually("the listener to answer", || async {
+        let resp = http
+            .post(format!("http://127.0.0.1:{listener_port}/mcp"))
+            .header("content-type", "application/json")
+            .header("x-toolmesh-cluster", "mcp_x")
+            .header("authorization", "Bearer client-token")
+            .header("x-api-key", "client-key")
+            .body(r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#)
+            .send()
+            .await
+            .ok()?;
+        Some((resp.status().as_u16(), (), resp.text().await.ok()?))
+    })
+    .await
+    .with_context(|| envoy.log_tail())?;
+    assert_eq!(code, 200, "{body}");
+    let routed = seen.lock().unwrap().last().cloned().context("no request")?;
+    assert_eq!(
+        (
+            routed.authorization.as_deref(),
+            routed.api_key.as_deref(),
+            routed.path.as_str()
+        ),
+        (Some("Bearer upstream-secret"), Some("k1"), "/mcp"),
+        "{routed:?}"
+    );
+
+    // The filter's own call to the cluster (no route involved) carries them too.
+    let before = seen.lock().unwrap().len();
+    let resp = http
+        .post(format!("http://127.0.0.1:{listener_port}/servers/demo/mcp"))
+        .header("x-test-dispatch", "mcp_x")
+        .header("x-test-authority", "member.example:9000")
+        .header("authorization", "Bearer client-token")
+        .body("{}")
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await?;
+    assert_eq!(
+        (status, text.as_str()),
+        (200, "dispatched 200"),
+        "{}",
+        envoy.log_tail()
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), before + 1, "{seen:?}");
+    let direct = seen.last().cloned().context("no request")?;
+    assert_eq!(
+        direct,
+        SeenRequest {
+            host: "member.example:9000".into(),
+            path: "/mcp".into(),
+            authorization: Some("Bearer upstream-secret".into()),
+            api_key: Some("k1".into()),
+        }
+    );
+    drop(seen);
     cp.stop().await?;
     Ok(())
 }

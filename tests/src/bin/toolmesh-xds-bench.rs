@@ -128,6 +128,7 @@ fn large_model() -> toolmesh_xds::GatewayModel {
             .collect();
         policy.virtual_servers.push(VirtualServer {
             name: format!("vs-{v}"),
+            callers: Vec::new(),
             members,
         });
     }

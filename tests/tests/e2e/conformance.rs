@@ -142,6 +142,7 @@ fn conformance_policy(addr: SocketAddr) -> PolicySnapshot {
         limits: Limits::default(),
         virtual_servers: vec![VirtualServer {
             name: VIRTUAL_SERVER.into(),
+            callers: Vec::new(),
             members: vec![Member {
                 capabilities: object(fixtures::capabilities()),
                 tools: named(fixtures::tool_definitions()),

@@ -58,6 +58,7 @@ fn policy(upstream: SocketAddr, max_body_bytes: Option<u32>) -> String {
         virtual_servers: vec![
             VirtualServer {
                 name: "demo".into(),
+                callers: Vec::new(),
                 members: vec![
                     everything()
                         .tool("echo", "echo")
@@ -71,10 +72,12 @@ fn policy(upstream: SocketAddr, max_body_bytes: Option<u32>) -> String {
             },
             VirtualServer {
                 name: "other".into(),
+                callers: Vec::new(),
                 members: vec![everything().tools(&["echo"]).build()],
             },
             VirtualServer {
                 name: "hollow".into(),
+                callers: Vec::new(),
                 members: vec![],
             },
         ],
