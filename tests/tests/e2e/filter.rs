@@ -1270,21 +1270,14 @@ fn refusals() -> Vec<Refusal> {
             r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"long_list_01"}}"#,
         )
         .status(403, -32602, Value::Null),
-        // A virtual server without members: calls are simply not allowed; a notification has
-        // nowhere to go. (Changed with issue 6: a list on it used to be refused with -32603
-        // `no_member`; the filter now answers lists itself, an empty one here, see
-        // `hardened_parsing_refuses_before_the_upstream`.)
+        // A virtual server without members: calls are simply not allowed. (Changed with
+        // issue 6: a list and a notification on it used to be refused with -32603 `no_member`;
+        // the filter now answers lists itself, and accepts notifications of a virtual server
+        // that is not single-member with 202; both checked after these refusals.)
         refusal("call on a virtual server without members", call_body(31, r#""echo""#, "{}"))
             .on("hollow")
             .status(200, -32602, json!(31))
             .says(&["'echo'", "'hollow'"]),
-        refusal(
-            "no member, no id",
-            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        )
-        .on("hollow")
-        .status(503, -32603, Value::Null)
-        .reason("no_member"),
         // Unknown virtual server: 404 even with an id, counted globally.
         refusal("unknown virtual server", echo.clone())
             .on("nope")
@@ -1338,7 +1331,8 @@ async fn hardened_parsing_refuses_before_the_upstream() {
         *expected.entry(stat).or_default() += 1;
     }
 
-    // A virtual server without members lists nothing (answered by the filter, issue 6).
+    // A virtual server without members lists nothing and takes notifications without
+    // forwarding them anywhere (issue 6).
     let reply = post(
         &rig.url("hollow"),
         &[],
@@ -1347,6 +1341,14 @@ async fn hardened_parsing_refuses_before_the_upstream() {
     .await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.json()["result"]["tools"], json!([]), "{reply:?}");
+    let reply = post(
+        &rig.url("hollow"),
+        &[],
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    assert_eq!(reply.body, "", "{reply:?}");
     assert!(rig.server.requests().is_empty());
 
     // Positive controls on the same Envoy: escapes that decode to allowed names are allowed
