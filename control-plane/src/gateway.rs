@@ -35,7 +35,8 @@ pub struct PublishedCatalog {
 pub type PublishedState = Arc<Mutex<PublishedCatalog>>;
 
 /// Convert the catalog's gateway model to the xDS model, opening each upstream's sealed
-/// credential headers so Envoy can add them on the way to the MCP server.
+/// credential headers so Envoy can set them on every request to the MCP server (by its
+/// cluster), and adding the session-sealing key derived from `key`.
 pub fn to_xds_model(model: &policy::GatewayModel, key: &SecretKey) -> Result<GatewayModel, String> {
     let mut upstreams = Vec::with_capacity(model.upstreams.len());
     for u in &model.upstreams {

@@ -30,8 +30,10 @@ pub struct UpstreamEndpoint {
     pub cluster: String,
     /// The MCP endpoint, `http://host[:port]/path` or `https://host[:port]/path`.
     pub url: String,
-    /// Headers Envoy adds to every request to this upstream (the credentials registered in the
-    /// catalog, e.g. `Authorization`), replacing any the client sent.
+    /// Headers Envoy sets on every request to this upstream (the credentials registered in the
+    /// catalog, e.g. `Authorization`), replacing any the client sent: by an upstream filter on
+    /// the cluster, so they also reach the filter's own calls to the cluster (member sessions),
+    /// which bypass the routes.
     pub request_headers: Vec<(String, String)>,
 }
 

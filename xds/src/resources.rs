@@ -37,7 +37,13 @@
 //! - **Clusters**, one per upstream: `STATIC` for IP literals, `STRICT_DNS` for names, TLS with
 //!   SNI and certificate verification against a CA bundle for `https`, HTTP/1.1, outlier detection on consecutive
 //!   5xx, and a TCP connect health check. An HTTP health check does not fit MCP: the endpoint is
-//!   POST-only with a JSON-RPC body and GET may be 405 or an endless SSE stream.
+//!   POST-only with a JSON-RPC body and GET may be 405 or an endless SSE stream. An upstream with
+//!   credentials gets them from an **upstream HTTP filter** on its cluster (`header_mutation`,
+//!   then the mandatory `upstream_codec`), not from its route: the filter also calls members
+//!   itself (`dispatch_http_call` to the cluster, opening and closing member sessions), which
+//!   bypasses the route table, and the cluster's filters run for every request to the cluster,
+//!   routed or not. They run after the router built the upstream request, so after the route
+//!   table removed the client's `Authorization`: the upstream's own credential always wins.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -45,6 +51,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection, cluster};
+use envoy_types::pb::envoy::config::common::mutation_rules::v3::{
+    HeaderMutation as HeaderMutationRule, header_mutation,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource,
     ExtensionConfigSource, HeaderValue, HeaderValueOption, HealthCheck, Http1ProtocolOptions,
@@ -60,11 +69,15 @@ use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch,
     VirtualHost, header_matcher, route, route_action, route_match,
 };
+use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3::{
+    HeaderMutation as HeaderMutationFilter, Mutations,
+};
 use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
     JwtAuthentication, JwtHeader, JwtProvider, JwtRequirement, RequirementRule, jwt_provider,
     jwt_requirement, requirement_rule,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
@@ -712,23 +725,8 @@ fn route_configuration(upstreams: &[ParsedUpstream]) -> RouteConfiguration {
                 ),
                 ..Default::default()
             })),
-            // The upstream's own credentials from the catalog (the client's token never goes
-            // upstream). With `most_specific_header_mutations_wins` these apply after the route
-            // table's removal of `Authorization`, so a credential survives it.
-            request_headers_to_add: u
-                .request_headers
-                .iter()
-                .map(|(k, v)| HeaderValueOption {
-                    header: Some(HeaderValue {
-                        key: k.to_ascii_lowercase(),
-                        value: v.clone(),
-                        ..Default::default()
-                    }),
-                    append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
-                        as i32,
-                    ..Default::default()
-                })
-                .collect(),
+            // No credentials here: they are added by the cluster's upstream filter (see
+            // `cluster_for`), which also covers the filter's own calls to the cluster.
             ..Default::default()
         })
         .collect();
@@ -766,10 +764,10 @@ fn route_configuration(upstreams: &[ParsedUpstream]) -> RouteConfiguration {
             ..Default::default()
         }],
         // The client's bearer token is for toolmesh only (MCP forbids token passthrough);
-        // `jwt_authn` removes a verified one, this removes every other.
+        // `jwt_authn` removes a verified one, this removes every other. The upstream's own
+        // credentials are added after this, by its cluster's upstream filter.
         request_headers_to_remove: vec!["authorization".into()],
-        // ...and the routes' own `request_headers_to_add` (the upstream's credentials) apply
-        // after that removal, not before it.
+        // Route-level additions (none today) would apply after this table-level removal.
         most_specific_header_mutations_wins: true,
         // validate_clusters stays off (the RDS default): a cluster added in the same push may
         // still be warming when the route table arrives, and validation would NACK it.
@@ -797,6 +795,7 @@ fn cluster_for(u: &ParsedUpstream, settings: &GatewaySettings) -> Cluster {
                 },
             ),
         ),
+        http_filters: upstream_http_filters(&u.request_headers),
         ..Default::default()
     };
     Cluster {
@@ -844,6 +843,55 @@ fn cluster_for(u: &ParsedUpstream, settings: &GatewaySettings) -> Cluster {
         }],
         ..Default::default()
     }
+}
+
+/// Name of the upstream filter that adds an upstream's credentials.
+pub const CREDENTIALS_FILTER_NAME: &str = "envoy.filters.http.header_mutation";
+/// Name of the codec filter that must end every upstream filter chain.
+pub const UPSTREAM_CODEC_FILTER_NAME: &str = "envoy.filters.http.upstream_codec";
+
+/// The cluster's upstream HTTP filters: for an upstream with credentials, `header_mutation`
+/// setting each credential header (replacing any value already there), then `upstream_codec`
+/// (Envoy requires it last); none otherwise (Envoy's default chain is the codec alone).
+fn upstream_http_filters(request_headers: &[(String, String)]) -> Vec<HttpFilter> {
+    if request_headers.is_empty() {
+        return Vec::new();
+    }
+    let mutations = HeaderMutationFilter {
+        mutations: Some(Mutations {
+            request_mutations: request_headers
+                .iter()
+                .map(|(k, v)| HeaderMutationRule {
+                    action: Some(header_mutation::Action::Append(HeaderValueOption {
+                        header: Some(HeaderValue {
+                            key: k.to_ascii_lowercase(),
+                            value: v.clone(),
+                            ..Default::default()
+                        }),
+                        append_action:
+                            header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+                        ..Default::default()
+                    })),
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    vec![
+        HttpFilter {
+            name: CREDENTIALS_FILTER_NAME.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(&mutations))),
+            ..Default::default()
+        },
+        HttpFilter {
+            name: UPSTREAM_CODEC_FILTER_NAME.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                &UpstreamCodec::default(),
+            ))),
+            ..Default::default()
+        },
+    ]
 }
 
 fn tls_socket(host: &Host, settings: &GatewaySettings) -> TransportSocket {

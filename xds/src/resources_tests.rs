@@ -371,6 +371,93 @@ fn clusters_static_for_ips_dns_and_tls_for_https() {
 }
 
 #[test]
+fn credentials_are_set_by_the_clusters_upstream_filter_not_the_route() {
+    let mut m = model();
+    m.upstreams[1].request_headers = vec![
+        ("Authorization".into(), "Bearer upstream-secret".into()),
+        ("X-Api-Key".into(), "k1".into()),
+    ];
+    let s = build_snapshot(&m, &settings()).unwrap();
+
+    // mcp_x: header_mutation (overwrite each header, lower-cased), then the codec, last.
+    let x = cluster(&s, "mcp_x");
+    let opts: HttpProtocolOptions = decode(
+        &x.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
+    );
+    assert!(
+        opts.upstream_protocol_options.is_some(),
+        "still HTTP/1.1 explicitly"
+    );
+    let names: Vec<_> = opts.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.header_mutation",
+            "envoy.filters.http.upstream_codec"
+        ]
+    );
+    let typed = |f: &HttpFilter| match &f.config_type {
+        Some(http_filter::ConfigType::TypedConfig(any)) => any.clone(),
+        other => panic!("not a typed config: {other:?}"),
+    };
+    let hm: HeaderMutationFilter = decode(&typed(&opts.http_filters[0]));
+    let muts = hm.mutations.unwrap();
+    assert!(muts.response_mutations.is_empty());
+    let set: Vec<(String, String, i32)> = muts
+        .request_mutations
+        .iter()
+        .map(|r| match &r.action {
+            Some(header_mutation::Action::Append(o)) => {
+                let h = o.header.as_ref().unwrap();
+                (h.key.clone(), h.value.clone(), o.append_action)
+            }
+            other => panic!("not an append: {other:?}"),
+        })
+        .collect();
+    let overwrite = header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+    assert_eq!(
+        set,
+        [
+            (
+                "authorization".to_string(),
+                "Bearer upstream-secret".to_string(),
+                overwrite
+            ),
+            ("x-api-key".to_string(), "k1".to_string(), overwrite)
+        ]
+    );
+    let _: UpstreamCodec = decode(&typed(&opts.http_filters[1]));
+
+    // mcp_y has no credentials: Envoy's default chain (the codec alone).
+    let y = cluster(&s, "mcp_y");
+    let opts: HttpProtocolOptions = decode(
+        &y.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"],
+    );
+    assert!(opts.http_filters.is_empty());
+
+    // No route adds anything; the table still removes the client's Authorization.
+    let rc: RouteConfiguration = only(&s, ResourceType::Route);
+    assert!(
+        rc.virtual_hosts[0]
+            .routes
+            .iter()
+            .all(|r| r.request_headers_to_add.is_empty())
+    );
+    assert_eq!(rc.request_headers_to_remove, ["authorization"]);
+    assert!(rc.most_specific_header_mutations_wins);
+
+    // A credential change moves the clusters only (routes and listener stay as they are).
+    let before = build_snapshot(&model(), &settings()).unwrap();
+    for ty in ResourceType::PUSH_ORDER {
+        assert_eq!(
+            before.get(ty).version != s.get(ty).version,
+            ty == ResourceType::Cluster,
+            "{ty}"
+        );
+    }
+}
+
+#[test]
 fn same_model_same_versions_and_changes_touch_only_their_type() {
     let m = model();
     let a = build_snapshot(&m, &settings()).unwrap();

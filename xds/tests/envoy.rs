@@ -1,7 +1,8 @@
 //! The ADS server driving a real Envoy 1.40: every resource type is accepted, traffic flows by the
 //! routing contract, a policy change reaches an open connection, rejections are recorded with
-//! Envoy's reason while the last good config keeps serving, and Envoy survives the control plane
-//! going away and resyncs when it returns.
+//! Envoy's reason while the last good config keeps serving, Envoy survives the control plane
+//! going away and resyncs when it returns, and upstream credentials reach the upstream on routed
+//! requests and on the filter's own `dispatch_http_call`s.
 //!
 //! Envoy: `$TOOLMESH_ENVOY_BIN`, else `.tools/venv/.../envoy/_bin/envoy` (installed by
 //! `cargo xtask setup`). Missing Envoy skips the tests loudly, or fails them when `CI=true`.
@@ -698,7 +699,7 @@ async fn upstream_credentials_reach_routed_and_filter_made_calls() -> Result<()>
         "{}",
         envoy.log_tail()
     );
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), before + 1, "{seen:?}");
     let direct = seen.last().cloned().context("no request")?;
     assert_eq!(
@@ -710,7 +711,6 @@ async fn upstream_credentials_reach_routed_and_filter_made_calls() -> Result<()>
             api_key: Some("k1".into()),
         }
     );
-    drop(seen);
     cp.stop().await?;
     Ok(())
 }
