@@ -19,6 +19,7 @@ OPS_JSON is a JSON list of operations (or @file to read it from a file):
     {"op": "list_resource_templates"}         every page
     {"op": "read_resource", "uri": "test://static/readme"}
     {"op": "subscribe_resource", "uri": ...} / {"op": "unsubscribe_resource", "uri": ...}
+    {"op": "ping"}                            result {}
     {"op": "sleep", "seconds": 0.5}
 
 Output:
@@ -125,6 +126,8 @@ async def run_op(client: Client, op: dict[str, Any]) -> dict[str, Any]:
             result = dump(await client.subscribe_resource(op["uri"]))
         elif kind == "unsubscribe_resource":
             result = dump(await client.unsubscribe_resource(op["uri"]))
+        elif kind == "ping":
+            result = dump(await client.send_ping())
         elif kind == "sleep":
             await anyio.sleep(float(op.get("seconds", 0)))
             result = {}

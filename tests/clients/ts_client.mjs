@@ -4,9 +4,11 @@
 //
 // Operations: {"op":"list_tools"} (every page), {"op":"call_tool","name":..,"arguments":{..}},
 // {"op":"list_prompts"}, {"op":"get_prompt","name":..,"arguments":{..}}, {"op":"list_resources"},
-// {"op":"read_resource","uri":..}, {"op":"list_resource_templates"}.
-// Prints one JSON document: {"initialize": {...}, "results": [{"ok": true, "value": ...} |
-// {"ok": false, "error": "...", "code": n}], "progress": [{"t": secs, "progress": n}]}.
+// {"op":"read_resource","uri":..}, {"op":"list_resource_templates"}, {"op":"ping"},
+// {"op":"terminate_session"} (DELETE of the session; later operations then fail).
+// Prints one JSON document: {"initialize": {..., "sessionId": ..., "protocolVersion": ...},
+// "results": [{"ok": true, "value": ...} | {"ok": false, "error": "...", "code": n}],
+// "progress": [{"t": secs, "progress": n}]}.
 // A failed operation never ends the session: the next one runs on the same session.
 import path from "node:path";
 import { pathToFileURL } from "node:url";
@@ -41,6 +43,8 @@ try {
   out.initialize = {
     serverInfo: client.getServerVersion(),
     capabilities: client.getServerCapabilities(),
+    sessionId: transport.sessionId ?? null,
+    protocolVersion: transport.protocolVersion ?? null,
   };
 } catch (e) {
   out.initialize = { error: String(e?.message ?? e) };
@@ -79,6 +83,8 @@ for (const op of ops) {
       case "get_prompt":
         value = await client.getPrompt({ name: op.name, arguments: op.arguments ?? {} }); break;
       case "read_resource": value = await client.readResource({ uri: op.uri }); break;
+      case "ping": value = await client.ping(); break;
+      case "terminate_session": await transport.terminateSession(); value = {}; break;
       default: throw new Error(`unknown op ${op.op}`);
     }
     out.results.push({ ok: true, value });

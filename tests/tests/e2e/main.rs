@@ -4,6 +4,7 @@
 //! small. Each module is one area.
 
 mod conformance;
+mod federation;
 mod filter;
 mod foundation;
 mod openapi_fuzz;
