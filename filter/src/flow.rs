@@ -170,25 +170,24 @@ pub struct Flow {
     strip_session: bool,
     /// Lines for the shell to log (member failures).
     notes: Vec<String>,
-    /// Request facts for Envoy's access log, as (property, value) pairs the shell sets.
-    log: Vec<(&'static str, String)>,
+    /// The access-log value, once complete (see [`LOG_PROPERTY`]).
+    log: Option<String>,
+    /// Its first three fields.
+    log_head: String,
     /// The virtual server of the forwarded call (for the caller's `errors`).
     call_vs: Option<usize>,
 }
 
-/// The properties the shell sets for Envoy's access log (filter state `wasm.<name>`, read with
-/// `%FILTER_STATE(wasm.toolmesh.vs:PLAIN)%` and so on).
-pub mod log_properties {
-    /// The virtual server.
-    pub const VS: &str = "toolmesh.vs";
-    /// The request kind (the `rq.<method>` stat segment).
-    pub const METHOD: &str = "toolmesh.method";
-    /// For tools/call: `<mcp_server>/<exposed tool name>`.
-    pub const TOOL: &str = "toolmesh.tool";
-    /// `ok`, `error` (calls), `forwarded` (other requests), `local` (answered by the filter),
-    /// `denied.<reason>`; `pending` while a call's response is still streaming.
-    pub const OUTCOME: &str = "toolmesh.outcome";
-}
+/// The property the shell sets once per request for Envoy's access log: filter state
+/// `wasm.toolmesh`, printed with `%FILTER_STATE(wasm.toolmesh:PLAIN)%`.
+///
+/// Its value is four space-separated fields (none contains a space; `-` when absent):
+/// `<virtual server> <method> <mcp_server>/<tool> <outcome>`, where method is the
+/// `rq.<method>` stat segment, the tool is set for `tools/call`, and the outcome is `ok` or
+/// `error` (calls, decided as for the `errors` stat), `forwarded` (other requests), `local`
+/// (answered by the filter) or `denied.<reason>`. One property rather than four: each
+/// `set_property` is a hostcall of ~5,000 instructions (callgrind).
+pub const LOG_PROPERTY: &str = "toolmesh";
 
 impl Flow {
     /// A flow under `policy`.
@@ -205,7 +204,8 @@ impl Flow {
             session_id: None,
             strip_session: false,
             notes: Vec::new(),
-            log: Vec::new(),
+            log: None,
+            log_head: String::new(),
             call_vs: None,
         }
     }
@@ -230,9 +230,10 @@ impl Flow {
         self.caller = facts.jti.clone().unwrap_or_default();
     }
 
-    /// Access-log properties to set since the last call (see [`log_properties`]).
-    pub fn take_log_properties(&mut self) -> Vec<(&'static str, String)> {
-        std::mem::take(&mut self.log)
+    /// The access-log value to set, once the request's outcome is known (see
+    /// [`LOG_PROPERTY`]).
+    pub fn take_log_property(&mut self) -> Option<String> {
+        self.log.take()
     }
 
     /// Count `metric` for this request's caller on virtual server `vs`, if the policy lists
@@ -247,14 +248,26 @@ impl Flow {
         }
     }
 
-    fn log_request(&mut self, vs: Option<usize>, method: Option<crate::stats::MethodStat>) {
-        if let Some(v) = vs.and_then(|i| self.policy.virtual_server_at(i)) {
-            self.log.push((log_properties::VS, v.name.clone()));
-        }
-        if let Some(m) = method {
-            self.log
-                .push((log_properties::METHOD, m.as_str().to_owned()));
-        }
+    /// Start the access-log value: virtual server, method, tool.
+    fn log_request(
+        &mut self,
+        vs: Option<usize>,
+        method: Option<crate::stats::MethodStat>,
+        tool: Option<(&str, &str)>,
+    ) {
+        let vs = vs
+            .and_then(|i| self.policy.virtual_server_at(i))
+            .map_or("-", |v| v.name.as_str());
+        let method = method.map_or("-", |m| m.as_str());
+        self.log_head = match tool {
+            Some((server, name)) => format!("{vs} {method} {server}/{name}"),
+            None => format!("{vs} {method} -"),
+        };
+    }
+
+    /// Finish the access-log value with the outcome.
+    fn log_outcome(&mut self, outcome: &str) {
+        self.log = Some(format!("{} {outcome}", self.log_head));
     }
 
     /// Lines the shell should log at warning level (member sessions that failed to open).
@@ -507,22 +520,15 @@ impl Flow {
         }
         self.phase = Phase::Forwarded;
         self.stats.push(StatOp::inc(vs_rq(f.vs, f.method)));
-        self.log_request(Some(f.vs), Some(f.method));
         let tool = f.tool.and_then(|t| policy.tool_identity(t.stat));
-        if let Some((server, name)) = tool {
-            self.log
-                .push((log_properties::TOOL, format!("{server}/{name}")));
-        }
+        self.log_request(Some(f.vs), Some(f.method), tool);
         if f.tool.is_some() {
+            // The outcome is logged when the response ends.
             self.count_caller(f.vs, crate::stats::CallerMetric::Calls);
             self.call_vs = Some(f.vs);
-        }
-        let outcome = if f.tool.is_some() {
-            "pending"
         } else {
-            "forwarded"
-        };
-        self.log.push((log_properties::OUTCOME, outcome.to_owned()));
+            self.log_outcome("forwarded");
+        }
         if let Some(t) = &f.tool {
             self.stats.push(tool_op(t, ToolMetric::Calls, 1));
             self.stats
@@ -562,8 +568,8 @@ impl Flow {
             },
         };
         self.stats.push(StatOp::inc(vs_rq(l.vs, l.method)));
-        self.log_request(Some(l.vs), Some(l.method));
-        self.log.push((log_properties::OUTCOME, "local".to_owned()));
+        self.log_request(Some(l.vs), Some(l.method), None);
+        self.log_outcome("local");
         self.phase = Phase::Denied;
         let id = l.id.as_ref();
         match &l.kind {
@@ -823,11 +829,10 @@ impl Flow {
 
     fn deny(&mut self, d: Deny) -> RequestAction {
         self.phase = Phase::Denied;
-        self.log_request(d.vs, d.method);
-        self.log.push((
-            log_properties::OUTCOME,
-            format!("denied.{}", d.reason.as_str()),
-        ));
+        let policy = Rc::clone(&self.policy);
+        let tool = d.tool.and_then(|t| policy.tool_identity(t.stat));
+        self.log_request(d.vs, d.method, tool);
+        self.log_outcome(&format!("denied.{}", d.reason.as_str()));
         if let Some(vs) = d.vs {
             self.count_caller(vs, crate::stats::CallerMetric::Denied);
         }
@@ -933,8 +938,7 @@ impl Flow {
         if error && let Some(vs) = self.call_vs {
             self.count_caller(vs, crate::stats::CallerMetric::Errors);
         }
-        let outcome = if error { "error" } else { "ok" };
-        self.log.push((log_properties::OUTCOME, outcome.to_owned()));
+        self.log_outcome(if error { "error" } else { "ok" });
         self.stats.push(tool_op(
             &tool,
             ToolMetric::LatencyMs,

@@ -133,10 +133,14 @@ fn apply_stats(flow: &mut Flow) {
     for note in flow.take_notes() {
         warn!("toolmesh: {note}");
     }
-    for (name, value) in flow.take_log_properties() {
-        // Envoy keeps it as filter state `wasm.<name>` for the access log.
-        if let Err(e) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
-            debug!("toolmesh: access-log property {name} not set: {e:?}");
+    if let Some(value) = flow.take_log_property() {
+        // Envoy keeps it as filter state `wasm.toolmesh` for the access log. (The hostcall
+        // panics only on a status Envoy returns without stream info, i.e. never in an HTTP
+        // context.)
+        if let Err(e) =
+            hostcalls::set_property(vec![crate::flow::LOG_PROPERTY], Some(value.as_bytes()))
+        {
+            debug!("toolmesh: access-log property not set: {e:?}");
         }
     }
 }

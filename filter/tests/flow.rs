@@ -1383,39 +1383,45 @@ fn request_trailers_are_refused_while_the_body_is_read() {
 }
 
 #[test]
-fn access_log_properties_name_the_virtual_server_tool_and_outcome() {
-    use toolmesh_filter::flow::log_properties::{METHOD, OUTCOME, TOOL, VS};
-    let prop = |props: &[(&'static str, String)], name: &str| {
-        props
-            .iter()
-            .rev()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
-    };
+fn the_access_log_value_names_the_virtual_server_tool_and_outcome() {
     let mut flow = forwarded_call();
-    let props = flow.take_log_properties();
-    assert_eq!(prop(&props, VS).as_deref(), Some("demo"));
-    assert_eq!(prop(&props, METHOD).as_deref(), Some("tools_call"));
-    assert_eq!(prop(&props, TOOL).as_deref(), Some("everything/echo"));
-    assert_eq!(prop(&props, OUTCOME).as_deref(), Some("pending"));
+    // A call's outcome is known only when its response ends.
+    assert_eq!(flow.take_log_property(), None);
     flow.on_response_headers(500, Some("application/json"), false, 0);
     flow.on_response_body(b"{}", true, 1_000_100);
     assert_eq!(
-        prop(&flow.take_log_properties(), OUTCOME).as_deref(),
-        Some("error")
+        flow.take_log_property().as_deref(),
+        Some("demo tools_call everything/echo error")
+    );
+    let mut flow = forwarded_call();
+    flow.on_response_headers(200, Some("application/json"), false, 0);
+    flow.on_response_body(
+        br#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#,
+        true,
+        1,
+    );
+    assert_eq!(
+        flow.take_log_property().as_deref(),
+        Some("demo tools_call everything/echo ok")
     );
 
     let (_, _, mut flow) = run(&post("/servers/demo/mcp"), &call("1", "secret"));
-    let props = flow.take_log_properties();
-    assert_eq!(prop(&props, OUTCOME).as_deref(), Some("denied.not_allowed"));
-    assert_eq!(prop(&props, VS).as_deref(), Some("demo"));
+    assert_eq!(
+        flow.take_log_property().as_deref(),
+        Some("demo tools_call - denied.not_allowed")
+    );
     let (_, _, mut flow) = run(
         &post("/servers/demo/mcp"),
         r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
     );
     assert_eq!(
-        prop(&flow.take_log_properties(), OUTCOME).as_deref(),
-        Some("local")
+        flow.take_log_property().as_deref(),
+        Some("demo ping - local")
+    );
+    let (_, _, mut flow) = run(&post("/nope"), "{}");
+    assert_eq!(
+        flow.take_log_property().as_deref(),
+        Some("- - - denied.bad_path")
     );
 }
 
