@@ -115,6 +115,14 @@ pub struct ServeConfig {
     #[arg(long, env = "TOOLMESH_MEMBER_TIMEOUT_MS", default_value_t = toolmesh_proto::DEFAULT_MEMBER_TIMEOUT_MS,
           value_parser = clap::value_parser!(u32).range(1..=600_000))]
     pub member_timeout_ms: u32,
+    /// At most this many tokens per virtual server get their own stats
+    /// (`toolmesh.caller.<vs>.<token id>.{calls,errors,denied}` in Envoy, `/v1/usage/tokens`):
+    /// the newest tokens that open it and are neither revoked nor expired. Calls of other
+    /// tokens are still counted in the tool and virtual-server stats. 0 turns per-caller stats
+    /// off.
+    #[arg(long, env = "TOOLMESH_CALLER_STATS_LIMIT", default_value_t = crate::tokens::DEFAULT_CALLER_STATS_LIMIT,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub caller_stats_limit: u32,
     /// Tool usage is kept per minute this long, then compacted to hours (`48h`, `7d`, ...).
     #[arg(long, env = "TOOLMESH_USAGE_MINUTE_RETENTION", default_value = "48h", value_parser = parse_retention)]
     pub usage_minute_retention: chrono::Duration,
@@ -179,6 +187,7 @@ impl ServeConfig {
             list_page_size: toolmesh_proto::DEFAULT_LIST_PAGE_SIZE,
             allowed_hosts: Vec::new(),
             member_timeout_ms: toolmesh_proto::DEFAULT_MEMBER_TIMEOUT_MS,
+            caller_stats_limit: crate::tokens::DEFAULT_CALLER_STATS_LIMIT,
             usage_minute_retention: chrono::Duration::hours(48),
             usage_retention: chrono::Duration::days(30),
         }
@@ -191,6 +200,7 @@ impl ServeConfig {
             list_page_size: self.list_page_size.max(1),
             allowed_hosts: self.allowed_hosts.clone(),
             member_timeout_ms: self.member_timeout_ms.max(1),
+            caller_stats_limit: self.caller_stats_limit as usize,
         }
     }
 

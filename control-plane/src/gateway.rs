@@ -65,14 +65,15 @@ pub fn to_xds_model(model: &policy::GatewayModel, key: &SecretKey) -> Result<Gat
     Ok(GatewayModel { policy, upstreams })
 }
 
-/// Read the catalog and publish it once.
+/// Read the catalog and publish it once; returns the catalog version and when the published
+/// model goes stale without a catalog change (a listed caller's token expires).
 pub async fn publish_once(
     store: &Store,
     xds: &XdsHandle,
     published: &PublishedState,
     settings: &policy::PolicySettings,
     key: &SecretKey,
-) -> Result<u64, String> {
+) -> Result<(u64, Option<chrono::DateTime<chrono::Utc>>), String> {
     let model = policy::gateway_model_with(store, settings)
         .await
         .map_err(|e| format!("reading the catalog: {e}"))?;
@@ -91,10 +92,11 @@ pub async fn publish_once(
         p.virtual_servers = model.policy.virtual_servers.len();
         p.exposed_tools = tools;
     }
-    Ok(model.version)
+    Ok((model.version, model.refresh_at))
 }
 
-/// Publish now and after every catalog change, until aborted.
+/// Publish now and after every catalog change, until aborted. A model that goes stale by
+/// itself (a token with its own stats expires) is compiled again when it does.
 pub fn spawn_publisher(
     store: Store,
     mut versions: tokio::sync::watch::Receiver<u64>,
@@ -106,8 +108,11 @@ pub fn spawn_publisher(
     tokio::spawn(async move {
         loop {
             versions.borrow_and_update();
-            match publish_once(&store, &xds, &published, &settings, &key).await {
-                Ok(v) => tracing::info!(catalog_version = v, "catalog published to Envoy (xDS)"),
+            let refresh_at = match publish_once(&store, &xds, &published, &settings, &key).await {
+                Ok((v, refresh_at)) => {
+                    tracing::info!(catalog_version = v, "catalog published to Envoy (xDS)");
+                    refresh_at
+                }
                 Err(e) => {
                     if let Ok(mut p) = published.lock() {
                         p.publish_errors += 1;
@@ -122,9 +127,24 @@ pub fn spawn_publisher(
                     }
                     continue;
                 }
-            }
-            if versions.changed().await.is_err() {
-                return;
+            };
+            let wait = refresh_at.map(|t| {
+                // A second late, so the token is expired when the model is read again.
+                (t - chrono::Utc::now() + chrono::Duration::seconds(1))
+                    .to_std()
+                    .unwrap_or(Duration::from_secs(1))
+            });
+            match wait {
+                Some(wait) => {
+                    if let Ok(Err(_)) = tokio::time::timeout(wait, versions.changed()).await {
+                        return;
+                    }
+                }
+                None => {
+                    if versions.changed().await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     })

@@ -58,6 +58,10 @@ pub struct GatewayModel {
     pub upstreams: Vec<UpstreamEndpoint>,
     /// Per virtual server (by name): the exposed definitions.
     pub exposed: BTreeMap<String, ExposedCatalog>,
+    /// When this model goes stale without a catalog change (a listed caller's token expires);
+    /// the publisher compiles again then.
+    #[serde(skip)]
+    pub refresh_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The Envoy cluster name of an MCP server.
@@ -204,6 +208,9 @@ pub struct PolicySettings {
     /// How long the filter waits for each member to open its session on `initialize`
     /// (`sessions.member_timeout_ms`, at least 1).
     pub member_timeout_ms: u32,
+    /// At most this many tokens per virtual server get their own stats
+    /// (`VirtualServer.callers`; see [`crate::tokens::callers`]); 0 turns per-caller stats off.
+    pub caller_stats_limit: usize,
 }
 
 impl Default for PolicySettings {
@@ -213,6 +220,7 @@ impl Default for PolicySettings {
             list_page_size: toolmesh_proto::DEFAULT_LIST_PAGE_SIZE,
             allowed_hosts: Vec::new(),
             member_timeout_ms: toolmesh_proto::DEFAULT_MEMBER_TIMEOUT_MS,
+            caller_stats_limit: crate::tokens::DEFAULT_CALLER_STATS_LIMIT as usize,
         }
     }
 }
@@ -225,10 +233,11 @@ pub async fn gateway_model(store: &Store) -> Result<GatewayModel, StoreError> {
 
 /// Read the catalog at one version and build the gateway model under `settings` (limits,
 /// member timeout, public URL). Besides the compiled policy, the snapshot carries the token
-/// checks: the JWKS, anonymous virtual servers and revoked token ids (read just after the
-/// catalog; a revocation always bumps the version, so a later one is published again). The
-/// session keys are not in it: the publisher derives them from the secret key
-/// ([`crate::gateway::to_xds_model`]).
+/// checks: the JWKS, anonymous virtual servers and revoked token ids, and per virtual server
+/// the callers that get their own stats (read just after the catalog; issuing and revoking a
+/// token always bump the version, so a later change is published again, and the model's
+/// `refresh_at` says when a listed token expires). The session keys are not in it: the
+/// publisher derives them from the secret key ([`crate::gateway::to_xds_model`]).
 pub async fn gateway_model_with(
     store: &Store,
     settings: &PolicySettings,
@@ -240,6 +249,21 @@ pub async fn gateway_model_with(
     policy.sessions.member_timeout_ms = settings.member_timeout_ms;
     policy.revoked_token_ids = crate::tokens::revoked_ids(store).await?;
     policy.auth = Some(crate::tokens::auth_policy(store, &settings.public_url).await?);
+    let names: Vec<&str> = dump
+        .virtual_servers
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    let callers = crate::tokens::callers_now(
+        store,
+        &names,
+        settings.caller_stats_limit,
+        chrono::Utc::now(),
+    )
+    .await?;
+    for vs in &mut policy.virtual_servers {
+        vs.callers = callers.of(&vs.name);
+    }
     Ok(GatewayModel {
         version: dump.version as u64,
         policy,
@@ -255,6 +279,7 @@ pub async fn gateway_model_with(
             })
             .collect(),
         exposed: exposed_catalog(&dump),
+        refresh_at: callers.next_expiry,
     })
 }
 

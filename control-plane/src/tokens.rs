@@ -207,6 +207,102 @@ pub async fn auth_policy(
     })
 }
 
+/// The default of `--caller-stats-limit`: callers listed per virtual server.
+pub const DEFAULT_CALLER_STATS_LIMIT: u32 = 1000;
+
+/// Which tokens get their own stats on each virtual server (`VirtualServer.callers` in the
+/// snapshot; the filter counts `toolmesh.caller.<vs>.<token id>.{calls,errors,denied}` for them
+/// and nobody else).
+///
+/// Why a list rather than every caller: each listed pair costs Envoy three counters per virtual
+/// server (and three Prometheus series), so the number of stats must stay bounded by what the
+/// control plane decides, not by what clients present. A token is listed on a virtual server it
+/// opens (by name or with `*`) while it is neither revoked nor expired, at most `limit` per
+/// virtual server: the newest tokens win, older ones beyond the cap are counted only in the
+/// tool and virtual-server stats. `limit` 0 lists nobody (per-caller stats off).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Callers {
+    /// Virtual server name → token ids, oldest first (a new token is appended).
+    pub by_virtual_server: std::collections::BTreeMap<String, Vec<String>>,
+    /// The earliest expiry of a listed token: the list changes then without any catalog
+    /// change, so the publisher compiles again at that time.
+    pub next_expiry: Option<DateTime<Utc>>,
+}
+
+impl Callers {
+    /// The callers listed on `virtual_server` (none if it has none).
+    pub fn of(&self, virtual_server: &str) -> Vec<String> {
+        self.by_virtual_server
+            .get(virtual_server)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Whether `id` is a token id the policy accepts as a caller (the snapshot's rule: 1-64
+/// characters of `[A-Za-z0-9_-]`; every id toolmesh issues is).
+fn caller_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Pick the callers of each of `virtual_servers` from `live` (tokens neither revoked nor
+/// expired, newest first as [`Store::live_tokens`] returns them), at most `limit` each.
+pub fn callers(virtual_servers: &[&str], live: &[TokenRecord], limit: usize) -> Callers {
+    let mut out = Callers::default();
+    for vs in virtual_servers {
+        let mut picked: Vec<&TokenRecord> = Vec::new();
+        for t in live {
+            if picked.len() >= limit {
+                break;
+            }
+            let opens = t
+                .token
+                .virtual_servers
+                .iter()
+                .any(|v| v == vs || v == ALL_VIRTUAL_SERVERS);
+            if opens
+                && caller_id_ok(&t.token.id)
+                && !picked.iter().any(|p| p.token.id == t.token.id)
+            {
+                picked.push(t);
+            }
+        }
+        for t in &picked {
+            if let Some(e) = t.token.expires_at {
+                out.next_expiry = Some(out.next_expiry.map_or(e, |n| n.min(e)));
+            }
+        }
+        if !picked.is_empty() {
+            out.by_virtual_server.insert(
+                (*vs).to_string(),
+                picked.iter().rev().map(|t| t.token.id.clone()).collect(),
+            );
+        }
+    }
+    out
+}
+
+/// The callers of every virtual server in `virtual_servers` as of `now` (see [`callers`]).
+pub async fn callers_now(
+    store: &Store,
+    virtual_servers: &[&str],
+    limit: usize,
+    now: DateTime<Utc>,
+) -> Result<Callers, StoreError> {
+    if limit == 0 {
+        return Ok(Callers::default());
+    }
+    Ok(callers(
+        virtual_servers,
+        &store.live_tokens(now).await?,
+        limit,
+    ))
+}
+
 /// Ids of revoked tokens that may still verify (not long expired).
 pub async fn revoked_ids(store: &Store) -> Result<Vec<String>, StoreError> {
     let grace = chrono::Duration::from_std(REVOCATION_GRACE).unwrap_or_default();
@@ -340,6 +436,51 @@ mod tests {
                 .is_err()
         );
         assert!(!k.private_key_sealed.windows(32).any(|w| w == &pkcs8[16..]));
+    }
+
+    fn rec(id: &str, vs: &[&str], expires_at: Option<i64>) -> TokenRecord {
+        TokenRecord {
+            token: NewToken {
+                id: id.into(),
+                name: format!("name of {id}"),
+                description: String::new(),
+                virtual_servers: vs.iter().map(|v| (*v).to_string()).collect(),
+                source_cidrs: vec![],
+                kid: "k".into(),
+                created_at: Utc::now(),
+                expires_at: expires_at.and_then(|t| DateTime::from_timestamp(t, 0)),
+            },
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn callers_are_the_tokens_that_open_each_virtual_server_newest_first_up_to_the_cap() {
+        // Newest first, as the store returns live tokens.
+        let live = [
+            rec("tok_new", &["a"], Some(2_000)),
+            rec("tok_all", &["*"], None),
+            rec("tok_ab", &["a", "b"], Some(1_000)),
+            rec("bad.id", &["a"], None),
+            rec("tok_old", &["a"], None),
+        ];
+        let c = callers(&["a", "b", "c"], &live, 10);
+        assert_eq!(c.of("a"), ["tok_old", "tok_ab", "tok_all", "tok_new"]);
+        assert_eq!(c.of("b"), ["tok_ab", "tok_all"]);
+        assert_eq!(c.of("c"), ["tok_all"]);
+        assert_eq!(c.of("unknown"), Vec::<String>::new());
+        assert_eq!(c.next_expiry.map(|t| t.timestamp()), Some(1_000));
+
+        // Capped: the newest win, the oldest are left out.
+        let c = callers(&["a", "b"], &live, 2);
+        assert_eq!(c.of("a"), ["tok_all", "tok_new"]);
+        assert_eq!(c.of("b"), ["tok_ab", "tok_all"]);
+        assert_eq!(c.next_expiry.map(|t| t.timestamp()), Some(1_000));
+        let c = callers(&["a"], &live, 2);
+        assert_eq!(c.next_expiry.map(|t| t.timestamp()), Some(2_000));
+
+        // 0: nobody gets per-caller stats.
+        assert_eq!(callers(&["a", "b"], &live, 0), Callers::default());
     }
 
     #[test]

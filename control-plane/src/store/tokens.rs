@@ -2,9 +2,9 @@
 //!
 //! Only a token's id (`jti`) and metadata are stored, never the token: a leaked database cannot
 //! be replayed against the gateway. Signing keys are stored with the private half sealed by the
-//! operator's secret key. Revoking a token and adding a key bump the catalog version, because
-//! both change what Envoy enforces (revoked ids in the policy, the JWKS); issuing a token does
-//! not (its key is already published).
+//! operator's secret key. Issuing and revoking a token and adding a key bump the catalog version,
+//! because each changes what Envoy gets: the per-virtual-server callers that have their own stats
+//! and the revoked ids (both in the policy), the JWKS.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row as _;
@@ -160,7 +160,10 @@ macro_rules! token_sql {
                 .await?)
             }
 
-            pub(super) async fn create_token(&self, t: &NewToken) -> Result<TokenRecord, StoreError> {
+            pub(super) async fn create_token(
+                &self,
+                t: &NewToken,
+            ) -> Result<(TokenRecord, i64), StoreError> {
                 let mut tx = self.pool.begin_with($begin_write).await?;
                 if t.virtual_servers != ["*"] {
                     for (i, vs) in t.virtual_servers.iter().enumerate() {
@@ -191,8 +194,32 @@ macro_rules! token_sql {
                 .bind(t.expires_at)
                 .execute(&mut *tx)
                 .await?;
+                let v = Self::bump_tx(&mut tx).await?;
                 tx.commit().await?;
-                Ok(TokenRecord { token: t.clone(), revoked_at: None })
+                Ok((TokenRecord { token: t.clone(), revoked_at: None }, v))
+            }
+
+            pub(super) async fn live_tokens(
+                &self,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<TokenRecord>, StoreError> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {TOKEN_COLS} FROM tokens WHERE revoked_at IS NULL \
+                     AND (expires_at IS NULL OR expires_at > $1) ORDER BY seq DESC"
+                ))
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::token_from_row).collect()
+            }
+
+            pub(super) async fn token_names(&self) -> Result<Vec<(String, String)>, StoreError> {
+                let rows = sqlx::query("SELECT id, name FROM tokens ORDER BY seq")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("id")?, r.try_get("name")?)))
+                    .collect()
             }
 
             pub(super) async fn get_token(&self, id: &str) -> Result<TokenRecord, StoreError> {
@@ -321,9 +348,22 @@ impl Store {
         dispatch!(self, s => s.keys_in_use(now).await)
     }
 
-    /// Store a new token; every virtual server must exist (unless the scope is `["*"]`).
+    /// Store a new token; every virtual server must exist (unless the scope is `["*"]`). Bumps
+    /// the catalog version: the token joins the callers of its virtual servers in the policy.
     pub async fn create_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError> {
-        dispatch!(self, s => s.create_token(token).await)
+        let (rec, v) = dispatch!(self, s => s.create_token(token).await)?;
+        self.publish(v);
+        Ok(rec)
+    }
+
+    /// Tokens neither revoked nor expired at `now`, newest (last issued) first.
+    pub async fn live_tokens(&self, now: DateTime<Utc>) -> Result<Vec<TokenRecord>, StoreError> {
+        dispatch!(self, s => s.live_tokens(now).await)
+    }
+
+    /// `(id, name)` of every token ever issued, in issue order.
+    pub async fn token_names(&self) -> Result<Vec<(String, String)>, StoreError> {
+        dispatch!(self, s => s.token_names().await)
     }
 
     /// One token by id.

@@ -242,6 +242,7 @@ fn start_serve_with(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &st
     .env_remove("TOOLMESH_LIST_PAGE_SIZE")
     .env_remove("TOOLMESH_ALLOWED_HOSTS")
     .env_remove("TOOLMESH_MEMBER_TIMEOUT_MS")
+    .env_remove("TOOLMESH_CALLER_STATS_LIMIT")
     .envs(env.iter().copied())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -430,8 +431,36 @@ async fn serve_knobs_reach_the_policy() {
                 "TOOLMESH_ALLOWED_HOSTS",
                 "mcp.example.com, Gateway.Internal,[::2]",
             ),
+            ("TOOLMESH_CALLER_STATS_LIMIT", "1"),
         ],
     );
+    // A virtual server and two tokens for it: only the newest gets per-caller stats.
+    let post = |path: &str, body: Value| {
+        http.post(format!("{}{path}", serve.api))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        post("/v1/virtual-servers", serde_json::json!({"name": "a"}))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let mut ids = Vec::new();
+    for name in ["older", "newer"] {
+        let t: Value = post(
+            "/v1/tokens",
+            serde_json::json!({"name": name, "virtual_servers": ["a"]}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        ids.push(t["id"].as_str().unwrap().to_string());
+    }
     let policy: Value = http
         .get(format!("{}/v1/policy", serve.api))
         .bearer_auth(TOKEN)
@@ -447,6 +476,10 @@ async fn serve_knobs_reach_the_policy() {
         serde_json::json!(["mcp.example.com", "gateway.internal", "[::2]"])
     );
     assert_eq!(policy["sessions"]["member_timeout_ms"], 1500);
+    assert_eq!(
+        policy["virtual_servers"][0]["callers"],
+        serde_json::json!([ids[1]])
+    );
     assert!(sigterm(&mut serve.child).success());
 
     // Defaults.
@@ -463,6 +496,10 @@ async fn serve_knobs_reach_the_policy() {
     assert_eq!(policy["limits"]["list_page_size"], 100, "{policy}");
     assert!(policy["limits"].get("allowed_hosts").is_none(), "{policy}");
     assert_eq!(policy["sessions"]["member_timeout_ms"], 5000);
+    assert_eq!(
+        policy["virtual_servers"][0]["callers"],
+        serde_json::json!(ids)
+    );
     assert!(sigterm(&mut serve.child).success());
 
     // Values the filter could not use are refused at start, naming the flag.
@@ -482,6 +519,11 @@ async fn serve_knobs_reach_the_policy() {
             vec![],
             vec![("TOOLMESH_ALLOWED_HOSTS", "evil.example/x")],
             "is not a host name",
+        ),
+        (
+            vec!["--caller-stats-limit", "100001"],
+            vec![],
+            "--caller-stats-limit",
         ),
     ] {
         let out = Command::new(BIN)

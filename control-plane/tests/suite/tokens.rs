@@ -93,10 +93,9 @@ async fn issued_token_verifies_and_is_never_stored(app: &TestApp) {
                "source_cidrs": ["10.1.2.3/8", "127.0.0.1", "2001:db8::1/32"], "description": "ci"}),
     )
     .await;
-    assert_eq!(
-        app.version().await,
-        v_before,
-        "issuing changes nothing Envoy enforces"
+    assert!(
+        app.version().await > v_before,
+        "issuing is a catalog change: the token joins its virtual servers' callers"
     );
     let jwt = created["token"].as_str().unwrap();
     let id = created["id"].as_str().unwrap();
@@ -389,7 +388,116 @@ both_backends!(
     a_token_never_opens_the_admin_api,
     rotation_keeps_old_tokens_verifiable,
     anonymous_virtual_servers_reach_the_policy,
+    callers_in_the_policy_follow_issue_revoke_and_expiry,
 );
+
+/// The callers of a virtual server's per-token stats: the tokens that open it (by name or
+/// `*`), not revoked, not expired, at most `--caller-stats-limit` (the newest win).
+async fn callers_in_the_policy_follow_issue_revoke_and_expiry(app: &TestApp) {
+    vs(app, "team-a", false).await;
+    vs(app, "team-b", false).await;
+    let callers = |p: &Value, vs: &str| -> Vec<String> {
+        let v = p["virtual_servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == vs)
+            .unwrap_or_else(|| panic!("{vs} in {p}"));
+        v["callers"]
+            .as_array()
+            .map(|a| a.iter().map(|c| c.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let p = policy(app).await;
+    assert!(callers(&p, "team-a").is_empty(), "{p}");
+
+    let mut versions = app.state.store.subscribe();
+    versions.borrow_and_update();
+    let id = |t: &Value| t["id"].as_str().unwrap().to_string();
+    let a = id(&issue(app, json!({"name": "a", "virtual_servers": ["team-a"]})).await);
+    assert!(
+        versions.has_changed().unwrap(),
+        "issuing wakes the publisher"
+    );
+    let all = id(&issue(app, json!({"name": "all", "virtual_servers": ["*"]})).await);
+    let ab = id(&issue(
+        app,
+        json!({"name": "ab", "virtual_servers": ["team-a", "team-b"], "expires_in": 3600}),
+    )
+    .await);
+    let p = policy(app).await;
+    // In issue order.
+    assert_eq!(
+        callers(&p, "team-a"),
+        [a.as_str(), all.as_str(), ab.as_str()],
+        "{p}"
+    );
+    assert_eq!(callers(&p, "team-b"), [all.as_str(), ab.as_str()], "{p}");
+
+    // Revoked: gone at once.
+    let (s, _) = app.delete(&format!("/v1/tokens/{all}")).await;
+    assert_eq!(s, StatusCode::OK);
+    let p = policy(app).await;
+    assert_eq!(callers(&p, "team-a"), [a.as_str(), ab.as_str()]);
+    assert_eq!(callers(&p, "team-b"), [ab.as_str()]);
+
+    // Expired: gone; and the model said when to compile again.
+    let model = toolmesh::gateway_model(&app.state.store).await.unwrap();
+    let refresh = model.refresh_at.expect("a listed token expires");
+    assert!(
+        refresh > chrono::Utc::now() + chrono::Duration::minutes(59),
+        "{refresh}"
+    );
+    let past = if app.backend == "postgres" {
+        "now() - interval '1 minute'".to_string()
+    } else {
+        format!(
+            "'{}'",
+            (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339()
+        )
+    };
+    assert_eq!(
+        app.exec_sql(&format!(
+            "UPDATE tokens SET expires_at = {past} WHERE id = '{ab}'"
+        ))
+        .await,
+        1
+    );
+    let p = policy(app).await;
+    assert_eq!(callers(&p, "team-a"), [a.as_str()]);
+    assert!(callers(&p, "team-b").is_empty(), "{p}");
+
+    // The cap keeps the newest.
+    let b1 = id(&issue(app, json!({"name": "b1", "virtual_servers": ["team-a"]})).await);
+    let b2 = id(&issue(app, json!({"name": "b2", "virtual_servers": ["team-a"]})).await);
+    let capped = |limit: usize| toolmesh::PolicySettings {
+        caller_stats_limit: limit,
+        ..Default::default()
+    };
+    let model = toolmesh::gateway_model_with(&app.state.store, &capped(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        callers(&serde_json::to_value(&model.policy).unwrap(), "team-a"),
+        [b1.as_str(), b2.as_str()]
+    );
+    let model = toolmesh::gateway_model_with(&app.state.store, &capped(0))
+        .await
+        .unwrap();
+    assert!(
+        model
+            .policy
+            .virtual_servers
+            .iter()
+            .all(|v| v.callers.is_empty())
+    );
+    assert_eq!(model.refresh_at, None);
+    // The snapshot with callers, as published, is one the filter accepts.
+    let model = toolmesh::gateway_model(&app.state.store).await.unwrap();
+    let published = toolmesh::gateway::to_xds_model(&model, &app.state.key).unwrap();
+    assert_eq!(published.policy.virtual_servers[0].callers.len(), 3);
+    published.policy.validate().expect("valid policy");
+}
 
 /// Run the `toolmesh` CLI; returns (success, stdout, stderr).
 async fn cli(api: &str, args: &[&str]) -> (bool, String, String) {
