@@ -408,7 +408,7 @@ fn assert_upstream_saw_renamed_add(server: &RunningServer, what: &str) {
 
 /// What the filter answers itself never reaches the upstream: no `server/discover`, no list, no
 /// `ping`, and `initialize` only as the filter's own (clientInfo `toolmesh`) to open the
-/// member's session, once per client session at most.
+/// member's session.
 fn assert_answered_by_the_filter(server: &RunningServer, what: &str) {
     let methods = server.jsonrpc_methods();
     for local in [
