@@ -824,6 +824,22 @@ pub enum UsageCmd {
         #[arg(long, default_value = "24h")]
         since: String,
     },
+    /// Calls, errors, denials and last activity per token and virtual server (the tokens with
+    /// per-token stats: see `--caller-stats-limit`).
+    Tokens {
+        /// Start of the window.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Only this virtual server.
+        #[arg(long)]
+        virtual_server: Option<String>,
+        /// Only this token id (`tok_…`).
+        #[arg(long)]
+        token_id: Option<String>,
+        /// `calls`, `errors`, `denied` or `last_seen`.
+        #[arg(long, default_value = "calls")]
+        sort: String,
+    },
     /// Exposed tools nobody called, tools no virtual server exposes, possible duplicates.
     Unused {
         /// Start of the window.
@@ -919,6 +935,46 @@ pub async fn usage(opts: &ClientOpts, cmd: UsageCmd) -> Result<(), CliError> {
                     "TOOLS CALLED",
                     "P99 MS",
                     "LAST CALLED",
+                ],
+                &rows,
+            );
+            (v, t)
+        }
+        UsageCmd::Tokens {
+            since,
+            virtual_server,
+            token_id,
+            sort,
+        } => {
+            let mut q = vec![("since", since), ("sort", sort)];
+            q.extend(virtual_server.map(|v| ("virtual_server", v)));
+            q.extend(token_id.map(|v| ("token", v)));
+            let v = c.get("/v1/usage/tokens", &q).await?;
+            let rows: Vec<Vec<String>> = v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    vec![
+                        s(t, "/virtual_server"),
+                        s(t, "/token"),
+                        s(t, "/token_name"),
+                        s(t, "/calls"),
+                        s(t, "/errors"),
+                        s(t, "/denied"),
+                        s(t, "/last_seen"),
+                    ]
+                })
+                .collect();
+            let t = table(
+                &[
+                    "VIRTUAL SERVER",
+                    "TOKEN",
+                    "NAME",
+                    "CALLS",
+                    "ERRORS",
+                    "DENIED",
+                    "LAST SEEN",
                 ],
                 &rows,
             );

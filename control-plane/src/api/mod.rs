@@ -247,7 +247,7 @@ impl utoipa::Modify for BearerAuth {
         catalog::version, catalog::policy, envoys::list, envoys::metrics,
         tokens::create, tokens::list, tokens::show, tokens::revoke, tokens::list_keys,
         tokens::rotate, tokens::jwks,
-        usage::tools, usage::virtual_servers, usage::unused,
+        usage::tools, usage::virtual_servers, usage::tokens, usage::unused,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     tags(
@@ -255,7 +255,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "catalog", description = "Discovered tools, prompts, resources and templates"),
         (name = "virtual-servers", description = "Curated MCP endpoints"),
         (name = "tokens", description = "Tokens scoped to virtual servers, and their signing keys"),
-        (name = "usage", description = "Tool usage summed over every Envoy, and unused tools"),
+        (name = "usage", description = "Tool usage summed over every Envoy (per tool, virtual server and token), and unused tools"),
         (name = "meta", description = "Health, OpenAPI, catalog version, compiled policy"),
     )
 )]

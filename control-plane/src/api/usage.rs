@@ -1,4 +1,5 @@
-//! `/v1/usage/*`: tool usage summed over every Envoy, and the tools nobody uses.
+//! `/v1/usage/*`: tool usage summed over every Envoy (per tool, per virtual server, per token),
+//! and the tools nobody uses.
 //!
 //! Windows are `since` (default `24h`) to `until` (default now), each an RFC 3339 time or a
 //! duration before now (`30m`, `24h`, `7d`). Rows are per minute, and per hour once older than
@@ -17,13 +18,16 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::Query;
 use crate::store::{ItemFilter, ItemKind, ItemRecord, PageRequest};
-use crate::usage::report::{self, SortKey, ToolUsage, UnusedReport, VirtualServerUsage};
+use crate::usage::report::{
+    self, SortKey, TokenSortKey, TokenUsage, ToolUsage, UnusedReport, VirtualServerUsage,
+};
 use crate::usage::{Usage, UsageError, WindowFilter, rollup};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/usage/tools", get(tools))
         .route("/usage/virtual-servers", get(virtual_servers))
+        .route("/usage/tokens", get(tokens))
         .route("/usage/unused", get(unused))
 }
 
@@ -56,6 +60,17 @@ pub struct VirtualServerUsageList {
     pub until: DateTime<Utc>,
     /// One entry per virtual server with activity in the window.
     pub items: Vec<VirtualServerUsage>,
+}
+
+/// Per-token usage in a window.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenUsageList {
+    /// Start of the window.
+    pub since: DateTime<Utc>,
+    /// End of the window.
+    pub until: DateTime<Utc>,
+    /// One entry per (virtual server, token) with activity in the window.
+    pub items: Vec<TokenUsage>,
 }
 
 fn usage(state: &AppState) -> Result<&Usage, ApiError> {
@@ -102,6 +117,19 @@ fn filter(
         until: until.timestamp() + 1,
         virtual_server,
         mcp_server,
+        token: None,
+    }
+}
+
+/// `order`: descending unless `asc`.
+fn descending(q: &Query) -> Result<bool, ApiError> {
+    match q.str("order").as_deref() {
+        None | Some("desc") => Ok(true),
+        Some("asc") => Ok(false),
+        Some(o) => Err(ApiError::query(
+            "order",
+            format!("order: expected asc or desc, got {o:?}"),
+        )),
     }
 }
 
@@ -137,16 +165,7 @@ pub(super) async fn tools(
             )
         })?,
     };
-    let descending = match q.str("order").as_deref() {
-        None | Some("desc") => true,
-        Some("asc") => false,
-        Some(o) => {
-            return Err(ApiError::query(
-                "order",
-                format!("order: expected asc or desc, got {o:?}"),
-            ));
-        }
-    };
+    let descending = descending(&q)?;
     let usage = usage(&state)?;
     let totals = usage
         .store
@@ -191,6 +210,53 @@ pub(super) async fn virtual_servers(
             .then_with(|| a.virtual_server.cmp(&b.virtual_server))
     });
     Ok(Json(VirtualServerUsageList {
+        since,
+        until,
+        items,
+    }))
+}
+
+/// The same per token and virtual server: calls, errors and refusals of each caller, with the
+/// token's name. Only tokens the policy lists as callers of the virtual server are counted
+/// (`--caller-stats-limit` per virtual server, the newest live tokens); calls of other tokens are
+/// in the per-tool and per-virtual-server numbers only.
+#[utoipa::path(get, path = "/v1/usage/tokens", tag = "usage",
+    params(
+        ("since" = Option<String>, Query, description = "Start: RFC 3339 or a duration before now (`30m`, `24h`, `7d`); default `24h`"),
+        ("until" = Option<String>, Query, description = "End: RFC 3339 or a duration before now; default now"),
+        ("virtual_server" = Option<String>, Query, description = "Only this virtual server"),
+        ("token" = Option<String>, Query, description = "Only this token id (`tok_…`, as in `GET /v1/tokens`)"),
+        ("sort" = Option<String>, Query, description = "`calls` (default), `errors`, `denied` or `last_seen`"),
+        ("order" = Option<String>, Query, description = "`desc` (default) or `asc`; entries without a value come last")),
+    responses((status = 200, body = TokenUsageList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn tokens(
+    State(state): State<AppState>,
+    q: Query,
+) -> Result<Json<TokenUsageList>, ApiError> {
+    q.check(&["since", "until", "virtual_server", "token", "sort", "order"])?;
+    let (since, until) = window(&q)?;
+    let sort = match q.str("sort") {
+        None => TokenSortKey::Calls,
+        Some(s) => TokenSortKey::parse(&s).ok_or_else(|| {
+            ApiError::query(
+                "sort",
+                format!("sort: expected one of {}, got {s:?}", TokenSortKey::NAMES),
+            )
+        })?,
+    };
+    let descending = descending(&q)?;
+    let usage = usage(&state)?;
+    let totals = usage
+        .store
+        .token_totals(&WindowFilter {
+            token: q.str("token"),
+            ..filter(since, until, q.str("virtual_server"), None)
+        })
+        .await?;
+    let names = state.store.token_names().await?;
+    let mut items = report::token_usage(&totals, &names);
+    report::sort_tokens(&mut items, sort, descending);
+    Ok(Json(TokenUsageList {
         since,
         until,
         items,

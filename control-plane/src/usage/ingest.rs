@@ -83,21 +83,52 @@ pub struct VsKey {
     pub name: String,
 }
 
+/// One caller (token) of one virtual server, as named in the filter's stats
+/// (`toolmesh.caller.<vs>.<token id>.<metric>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CallerKey {
+    /// Virtual server slug.
+    pub virtual_server: String,
+    /// The token id (`jti`).
+    pub token: String,
+}
+
+/// What one flush added for one caller of one virtual server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CallerDelta {
+    /// Forwarded `tools/call`s.
+    pub calls: u64,
+    /// Forwarded calls that failed.
+    pub errors: u64,
+    /// Refused requests.
+    pub denied: u64,
+}
+
+impl CallerDelta {
+    fn has_activity(&self) -> bool {
+        self.calls > 0 || self.errors > 0 || self.denied > 0
+    }
+}
+
 /// Everything one flush adds, for the minute it arrived in.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct UsageBatch {
     /// Start of the minute (Unix seconds) the increments are booked in.
     pub minute: i64,
+    /// When the flush arrived (Unix seconds): the `last_seen` of the callers in it.
+    pub received_at: i64,
     /// Per tool, only tools with activity.
     pub tools: BTreeMap<ToolKey, ToolDelta>,
     /// Per virtual server counter, only non-zero ones.
     pub vs: BTreeMap<VsKey, u64>,
+    /// Per caller of a virtual server, only callers with activity.
+    pub callers: BTreeMap<CallerKey, CallerDelta>,
 }
 
 impl UsageBatch {
     /// Whether the flush added nothing.
     pub fn is_empty(&self) -> bool {
-        self.tools.is_empty() && self.vs.is_empty()
+        self.tools.is_empty() && self.vs.is_empty() && self.callers.is_empty()
     }
 
     /// Calls in this batch (all tools).
@@ -124,6 +155,7 @@ pub fn stat_segment(s: &str) -> String {
 pub fn batch_from_report(report: &MetricsReport) -> UsageBatch {
     let mut batch = UsageBatch {
         minute: bucket_start(report.received_at.timestamp(), MINUTE),
+        received_at: report.received_at.timestamp(),
         ..Default::default()
     };
     for family in &report.families {
@@ -131,6 +163,7 @@ pub fn batch_from_report(report: &MetricsReport) -> UsageBatch {
     }
     batch.tools.retain(|_, d| d.has_activity());
     batch.vs.retain(|_, n| *n > 0);
+    batch.callers.retain(|_, d| d.has_activity());
     batch
 }
 
@@ -150,6 +183,7 @@ fn add_family(batch: &mut UsageBatch, family: &MetricFamily) {
         match segments.first() {
             Some(&"tool") => add_tool_metric(batch, &segments[1..], &labels, metric),
             Some(&"vs") => add_vs_metric(batch, &segments[1..], &labels, metric),
+            Some(&"caller") => add_caller_metric(batch, &segments[1..], &labels, metric),
             _ => {}
         }
     }
@@ -282,6 +316,53 @@ fn add_vs_metric(
                 name,
             })
             .or_default() += n;
+    }
+}
+
+/// `caller.<vs>.<token>.<metric>`: the virtual server and token come from their labels
+/// (`virtual_server`, `token`) when tagged, otherwise from the name segments.
+fn add_caller_metric(
+    batch: &mut UsageBatch,
+    segments: &[&str],
+    labels: &BTreeMap<&str, &str>,
+    metric: &Metric,
+) {
+    let Some((stat, names)) = segments.split_last() else {
+        return;
+    };
+    let mut names = names.iter();
+    let mut part = |label: &str| -> Option<String> {
+        match labels.get(label) {
+            Some(v) => Some((*v).to_string()),
+            None => names.next().map(|s| (*s).to_string()),
+        }
+    };
+    let (Some(virtual_server), Some(token)) = (part("virtual_server"), part("token")) else {
+        return;
+    };
+    if names.next().is_some() {
+        return;
+    }
+    let n = metric
+        .counter
+        .as_ref()
+        .and_then(|c| c.value)
+        .map_or(0, count);
+    if n == 0 {
+        return;
+    }
+    let d = batch
+        .callers
+        .entry(CallerKey {
+            virtual_server,
+            token,
+        })
+        .or_default();
+    match *stat {
+        "calls" => d.calls += n,
+        "errors" => d.errors += n,
+        "denied" => d.denied += n,
+        _ => {}
     }
 }
 
@@ -530,6 +611,40 @@ mod tests {
             counter("wasmcustom.toolmesh.tool.calls", &ECHO, 4.0),
         ]));
         assert_eq!(one.calls() + two.calls(), 9);
+    }
+
+    #[test]
+    fn caller_stats_tagged_or_not_become_one_caller_delta() {
+        let tagged = [("virtual_server", "demo"), ("token", "tok_1")];
+        let b = batch_from_report(&report(vec![
+            counter("wasmcustom.toolmesh.caller.calls", &tagged, 4.0),
+            counter("wasmcustom.toolmesh.caller.errors", &tagged, 1.0),
+            counter("wasmcustom.toolmesh.caller.denied", &tagged, 2.0),
+            counter("wasmcustom.toolmesh.caller.demo.tok_2.calls", &[], 3.0),
+            // Zeros (every flush resends every counter) and unknown shapes add nothing.
+            counter("wasmcustom.toolmesh.caller.demo.tok_3.calls", &[], 0.0),
+            counter("wasmcustom.toolmesh.caller.demo.calls", &[], 5.0),
+            counter("wasmcustom.toolmesh.caller.a.b.c.calls", &[], 5.0),
+            counter("wasmcustom.toolmesh.caller.demo.tok_4.latency", &[], 5.0),
+        ]));
+        let key = |t: &str| CallerKey {
+            virtual_server: "demo".into(),
+            token: t.into(),
+        };
+        assert_eq!(
+            b.callers[&key("tok_1")],
+            CallerDelta {
+                calls: 4,
+                errors: 1,
+                denied: 2
+            }
+        );
+        assert_eq!(b.callers[&key("tok_2")].calls, 3);
+        assert_eq!(b.callers.len(), 2, "{b:?}");
+        assert_eq!(b.received_at, report(vec![]).received_at.timestamp());
+        assert!(!b.is_empty());
+        // Caller calls are also in the tool stats: not counted again in `calls()`.
+        assert_eq!(b.calls(), 0);
     }
 
     #[test]

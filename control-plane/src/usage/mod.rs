@@ -8,8 +8,8 @@
 //! per-Envoy state and restart detection to avoid double counting.
 //!
 //! The pipeline: [`toolmesh_xds::server::MetricsReport`] (one Envoy flush, reduced to
-//! toolmesh's stats) → [`ingest::batch_from_report`] (pure: the increments per tool and per
-//! virtual server for the minute it arrived) → [`UsageStore::ingest`] (one additive upsert per
+//! toolmesh's stats) → [`ingest::batch_from_report`] (pure: the increments per tool, per
+//! virtual server and per caller token for the minute it arrived) → [`UsageStore::ingest`] (one additive upsert per
 //! row, one transaction per flush) → minute rows → hour rows after
 //! `TOOLMESH_USAGE_MINUTE_RETENTION` → deleted after `TOOLMESH_USAGE_RETENTION`
 //! ([`spawn_maintenance`]). Queries sum rows and compute percentiles from the summed latency
@@ -19,7 +19,12 @@
 //! nothing is counted twice. A flush that cannot be delivered (no control plane reachable at
 //! that moment) or stored (database down) is lost and logged; an Envoy that is killed loses at
 //! most what it counted since its last flush (`stats_flush_interval`, 5 s in the shipped
-//! bootstrap). Per-token usage needs the filter to count per token (it does not yet).
+//! bootstrap).
+//!
+//! Per token: the filter counts `toolmesh.caller.<vs>.<token id>.*` only for the callers the
+//! policy lists ([`crate::tokens::callers`], bounded per virtual server), and those counters go
+//! through the same pipeline into `token_usage`; a call is in the tool rows and, when its token
+//! is listed, also in its token's row.
 
 pub mod ingest;
 pub mod report;
@@ -34,7 +39,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use toolmesh_xds::server::MetricsReport;
 
-pub use store::{UsageStore, WindowFilter};
+pub use store::{TokenTotals, UsageStore, WindowFilter};
 
 /// Why a usage operation failed.
 #[derive(Debug, thiserror::Error)]

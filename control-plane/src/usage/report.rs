@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ingest::{ToolKey, stat_segment};
 use super::rollup::Latency;
-use super::store::{ToolTotals, VsCounter};
+use super::store::{TokenTotals, ToolTotals, VsCounter};
 use crate::store::{CatalogDump, ItemKind, ItemRecord};
 
 /// Usage of one tool of one virtual server in a window.
@@ -78,6 +78,28 @@ pub struct VirtualServerUsage {
     pub p99_ms: Option<f64>,
     /// Last call to any tool.
     pub last_called: Option<DateTime<Utc>>,
+}
+
+/// Usage of one token on one virtual server in a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenUsage {
+    /// Virtual server.
+    pub virtual_server: String,
+    /// The token id (`jti`, as in `GET /v1/tokens`).
+    pub token: String,
+    /// The token's name (`null` if the token is not in the catalog).
+    pub token_name: Option<String>,
+    /// `tools/call`s forwarded upstream.
+    pub calls: u64,
+    /// Forwarded calls that failed.
+    pub errors: u64,
+    /// `errors / calls` (0 without calls).
+    pub error_rate: f64,
+    /// Requests of this token the gateway refused on this virtual server (any reason).
+    pub denied: u64,
+    /// When an Envoy last reported activity of this token here (within one stats flush,
+    /// 5 s, of the request).
+    pub last_seen: Option<DateTime<Utc>>,
 }
 
 /// A tool a virtual server exposes that nobody called in the window.
@@ -178,6 +200,79 @@ impl SortKey {
             _ => return None,
         })
     }
+}
+
+/// How to order token rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSortKey {
+    /// By calls.
+    Calls,
+    /// By errors.
+    Errors,
+    /// By denials.
+    Denied,
+    /// By last activity.
+    LastSeen,
+}
+
+impl TokenSortKey {
+    /// The accepted spellings.
+    pub const NAMES: &'static str = "calls, errors, denied, last_seen";
+
+    /// Parse a `sort` value.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "calls" => Self::Calls,
+            "errors" => Self::Errors,
+            "denied" => Self::Denied,
+            "last_seen" => Self::LastSeen,
+            _ => return None,
+        })
+    }
+}
+
+/// The per-token view of sums, with each token's name from `names` (`(id, name)`).
+pub fn token_usage(totals: &[TokenTotals], names: &[(String, String)]) -> Vec<TokenUsage> {
+    let names: HashMap<&str, &str> = names
+        .iter()
+        .map(|(id, name)| (id.as_str(), name.as_str()))
+        .collect();
+    totals
+        .iter()
+        .map(|t| TokenUsage {
+            virtual_server: t.key.virtual_server.clone(),
+            token: t.key.token.clone(),
+            token_name: names.get(t.key.token.as_str()).map(|n| (*n).to_string()),
+            calls: t.calls,
+            errors: t.errors,
+            error_rate: ratio(t.errors, t.calls),
+            denied: t.denied,
+            last_seen: ts(t.last_seen),
+        })
+        .collect()
+}
+
+/// Sort token rows by `key` (rows without `last_seen` last in either order), ties by virtual
+/// server and token.
+pub fn sort_tokens(rows: &mut [TokenUsage], key: TokenSortKey, descending: bool) {
+    rows.sort_by(|a, b| {
+        let f = |r: &TokenUsage| -> Option<i64> {
+            match key {
+                TokenSortKey::Calls => Some(r.calls as i64),
+                TokenSortKey::Errors => Some(r.errors as i64),
+                TokenSortKey::Denied => Some(r.denied as i64),
+                TokenSortKey::LastSeen => r.last_seen.map(|t| t.timestamp()),
+            }
+        };
+        let by = match (f(a), f(b)) {
+            (Some(x), Some(y)) if descending => y.cmp(&x),
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        };
+        by.then_with(|| (&a.virtual_server, &a.token).cmp(&(&b.virtual_server, &b.token)))
+    });
 }
 
 fn ratio(errors: u64, calls: u64) -> f64 {
@@ -751,6 +846,47 @@ mod tests {
         );
         assert_eq!(SortKey::parse("p99"), Some(SortKey::P99));
         assert_eq!(SortKey::parse("p98"), None);
+    }
+
+    #[test]
+    fn token_rows_carry_names_and_sort() {
+        let t = |vs: &str, token: &str, calls: u64, denied: u64, last: Option<i64>| TokenTotals {
+            key: crate::usage::ingest::CallerKey {
+                virtual_server: vs.into(),
+                token: token.into(),
+            },
+            calls,
+            errors: calls / 2,
+            denied,
+            last_seen: last,
+        };
+        let names = [("tok_a".to_string(), "agent a".to_string())];
+        let mut rows = token_usage(
+            &[
+                t("v", "tok_a", 4, 0, Some(50)),
+                t("v", "tok_gone", 1, 3, Some(90)),
+                t("w", "tok_a", 0, 1, None),
+            ],
+            &names,
+        );
+        assert_eq!(rows[0].token_name.as_deref(), Some("agent a"));
+        assert_eq!(rows[0].error_rate, 0.5);
+        assert_eq!(rows[1].token_name, None);
+        assert_eq!(rows[0].last_seen.map(|t| t.timestamp()), Some(50));
+        let order = |rows: &[TokenUsage]| -> Vec<String> {
+            rows.iter()
+                .map(|r| format!("{}/{}", r.virtual_server, r.token))
+                .collect()
+        };
+        sort_tokens(&mut rows, TokenSortKey::Calls, true);
+        assert_eq!(order(&rows), ["v/tok_a", "v/tok_gone", "w/tok_a"]);
+        sort_tokens(&mut rows, TokenSortKey::Denied, true);
+        assert_eq!(order(&rows), ["v/tok_gone", "w/tok_a", "v/tok_a"]);
+        sort_tokens(&mut rows, TokenSortKey::LastSeen, false);
+        assert_eq!(order(&rows), ["v/tok_a", "v/tok_gone", "w/tok_a"]);
+        sort_tokens(&mut rows, TokenSortKey::LastSeen, true);
+        assert_eq!(order(&rows), ["v/tok_gone", "v/tok_a", "w/tok_a"]);
+        assert_eq!(TokenSortKey::parse("p99"), None);
     }
 
     #[test]

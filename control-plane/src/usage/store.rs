@@ -1,4 +1,5 @@
-//! The usage tables (`migrations/*/20261125000003_usage.sql`), on Postgres or SQLite.
+//! The usage tables (`migrations/*/20261125000003_usage.sql`, `…/20261126000004_token_usage.sql`),
+//! on Postgres or SQLite.
 //!
 //! The usage store has its own small pool on the catalog's database: ingestion writes every few
 //! seconds per Envoy and must not queue behind (or hold up) catalog transactions, and it needs
@@ -18,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use super::UsageError;
-use super::ingest::{ToolKey, UsageBatch};
+use super::ingest::{CallerKey, ToolKey, UsageBatch};
 use super::rollup::{HOUR, LATENCY_BUCKETS, Latency, MINUTE};
 
 /// Sums over a window for one tool of one virtual server.
@@ -53,6 +54,21 @@ pub struct VsCounter {
     pub count: u64,
 }
 
+/// Sums over a window for one token on one virtual server.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TokenTotals {
+    /// Which token on which virtual server.
+    pub key: CallerKey,
+    /// Forwarded `tools/call`s.
+    pub calls: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Refused requests.
+    pub denied: u64,
+    /// Latest Envoy flush that reported activity (Unix seconds).
+    pub last_seen: Option<i64>,
+}
+
 /// What one compaction or retention pass did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MaintenanceStats {
@@ -73,7 +89,12 @@ pub struct WindowFilter {
     pub virtual_server: Option<String>,
     /// Only this MCP server.
     pub mcp_server: Option<String>,
+    /// Only this token id (per-token sums).
+    pub token: Option<String>,
 }
+
+/// The usage tables, each compacted and expired the same way.
+const TABLES: [&str; 3] = ["tool_usage", "vs_usage", "token_usage"];
 
 fn bucket_cols() -> Vec<String> {
     (0..LATENCY_BUCKETS)
@@ -138,6 +159,37 @@ const VS_UPSERT: &str = "INSERT INTO vs_usage (virtual_server, kind, name, resol
      VALUES ($1, $2, $3, $4, $5, $6) \
      ON CONFLICT (virtual_server, kind, name, resolution_s, bucket_start) \
      DO UPDATE SET count = vs_usage.count + excluded.count";
+
+const TOKEN_CONFLICT: &str = "ON CONFLICT (virtual_server, token, resolution_s, bucket_start) \
+     DO UPDATE SET calls = token_usage.calls + excluded.calls, \
+     errors = token_usage.errors + excluded.errors, denied = token_usage.denied + excluded.denied, \
+     last_seen = CASE WHEN token_usage.last_seen IS NULL OR excluded.last_seen > token_usage.last_seen \
+     THEN excluded.last_seen ELSE token_usage.last_seen END";
+
+fn token_upsert_sql() -> String {
+    format!(
+        "INSERT INTO token_usage (virtual_server, token, resolution_s, bucket_start, calls, errors, \
+         denied, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) {TOKEN_CONFLICT}"
+    )
+}
+
+fn token_compact_sql() -> String {
+    format!(
+        "INSERT INTO token_usage (virtual_server, token, resolution_s, bucket_start, calls, errors, \
+         denied, last_seen) \
+         SELECT virtual_server, token, {HOUR}, bucket_start - (bucket_start % {HOUR}), SUM(calls), \
+         SUM(errors), SUM(denied), MAX(last_seen) \
+         FROM token_usage WHERE resolution_s = {MINUTE} AND bucket_start < $1 \
+         GROUP BY virtual_server, token, bucket_start - (bucket_start % {HOUR}) {TOKEN_CONFLICT}"
+    )
+}
+
+const TOKEN_TOTALS: &str = "SELECT virtual_server, token, CAST(SUM(calls) AS BIGINT) AS calls, \
+     CAST(SUM(errors) AS BIGINT) AS errors, CAST(SUM(denied) AS BIGINT) AS denied, \
+     MAX(last_seen) AS last_seen \
+     FROM token_usage WHERE bucket_start + resolution_s > $1 AND bucket_start < $2 \
+     AND ($3 IS NULL OR virtual_server = $3) AND ($4 IS NULL OR token = $4) \
+     GROUP BY virtual_server, token";
 
 fn tool_compact_sql() -> String {
     let b = bucket_cols();
@@ -228,8 +280,49 @@ macro_rules! usage_sql {
                         .execute(&mut *tx)
                         .await?;
                 }
+                let token_upsert = token_upsert_sql();
+                for (k, d) in &batch.callers {
+                    sqlx::query(&token_upsert)
+                        .bind(&k.virtual_server)
+                        .bind(&k.token)
+                        .bind(MINUTE)
+                        .bind(batch.minute)
+                        .bind(db_count(d.calls))
+                        .bind(db_count(d.errors))
+                        .bind(db_count(d.denied))
+                        .bind(batch.received_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
                 Ok(())
+            }
+
+            pub(super) async fn token_totals(
+                pool: &$Pool,
+                w: &WindowFilter,
+            ) -> Result<Vec<TokenTotals>, UsageError> {
+                let rows: Vec<$Row> = sqlx::query(TOKEN_TOTALS)
+                    .bind(w.since)
+                    .bind(w.until)
+                    .bind(w.virtual_server.as_deref())
+                    .bind(w.token.as_deref())
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(TokenTotals {
+                            key: CallerKey {
+                                virtual_server: row.try_get("virtual_server")?,
+                                token: row.try_get("token")?,
+                            },
+                            calls: from_db(row.try_get("calls")?),
+                            errors: from_db(row.try_get("errors")?),
+                            denied: from_db(row.try_get("denied")?),
+                            last_seen: row.try_get("last_seen")?,
+                        })
+                    })
+                    .collect()
             }
 
             pub(super) async fn tool_totals(
@@ -307,8 +400,12 @@ macro_rules! usage_sql {
                     .bind(cutoff)
                     .execute(&mut *tx)
                     .await?;
+                sqlx::query(&token_compact_sql())
+                    .bind(cutoff)
+                    .execute(&mut *tx)
+                    .await?;
                 let mut moved = 0;
-                for table in ["tool_usage", "vs_usage"] {
+                for table in TABLES {
                     moved += sqlx::query(&format!(
                         "DELETE FROM {table} WHERE resolution_s = {MINUTE} AND bucket_start < $1"
                     ))
@@ -326,7 +423,7 @@ macro_rules! usage_sql {
                 cutoff: i64,
             ) -> Result<u64, UsageError> {
                 let mut deleted = 0;
-                for table in ["tool_usage", "vs_usage"] {
+                for table in TABLES {
                     deleted += sqlx::query(&format!("DELETE FROM {table} WHERE bucket_start < $1"))
                         .bind(cutoff)
                         .execute(pool)
@@ -432,6 +529,11 @@ impl UsageStore {
     /// Per virtual server request and refusal counters over a window.
     pub async fn vs_totals(&self, w: &WindowFilter) -> Result<Vec<VsCounter>, UsageError> {
         dispatch!(self, vs_totals(w))
+    }
+
+    /// Per token and virtual server sums over a window (only tokens with rows in it).
+    pub async fn token_totals(&self, w: &WindowFilter) -> Result<Vec<TokenTotals>, UsageError> {
+        dispatch!(self, token_totals(w))
     }
 
     /// Fold minute rows that start before `cutoff` into hour rows; returns how many minute rows

@@ -153,6 +153,43 @@ fn vs_counter(vs: &str, kind: &str, label: &str, name: &str, n: u64) -> MetricFa
     }
 }
 
+/// `wasmcustom.toolmesh.caller.<metric>` as Envoy sends it with the shipped `stats_tags`.
+fn caller_counter(vs: &str, token: &str, metric: &str, n: u64) -> MetricFamily {
+    MetricFamily {
+        name: Some(format!("wasmcustom.toolmesh.caller.{metric}")),
+        metric: vec![Metric {
+            label: [("virtual_server", vs), ("token", token)]
+                .iter()
+                .map(|(k, v)| LabelPair {
+                    name: Some((*k).into()),
+                    value: Some((*v).into()),
+                })
+                .collect(),
+            counter: Some(Counter {
+                value: Some(n as f64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A caller's three counters in one flush.
+fn caller_families(
+    vs: &str,
+    token: &str,
+    calls: u64,
+    errors: u64,
+    denied: u64,
+) -> Vec<MetricFamily> {
+    vec![
+        caller_counter(vs, token, "calls", calls),
+        caller_counter(vs, token, "errors", errors),
+        caller_counter(vs, token, "denied", denied),
+    ]
+}
+
 fn report(node: &str, at: DateTime<Utc>, families: Vec<MetricFamily>) -> MetricsReport {
     MetricsReport {
         stream_id: 1,
@@ -223,7 +260,189 @@ both_backends!(
     old_minutes_compact_into_hours_and_expire,
     concurrent_flushes_lose_no_increment,
     unused_tools_and_possible_duplicates,
+    usage_per_token_and_virtual_server,
 );
+
+fn token_row<'a>(body: &'a Value, vs: &str, token: &str) -> &'a Value {
+    body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("items in {body}"))
+        .iter()
+        .find(|i| i["virtual_server"] == vs && i["token"] == token)
+        .unwrap_or_else(|| panic!("{vs}/{token} in {body}"))
+}
+
+async fn usage_per_token_and_virtual_server(app: &TestApp) {
+    for vs in ["demo", "other"] {
+        let (s, body) = app.post("/v1/virtual-servers", json!({"name": vs})).await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+    }
+    let mut ids = Vec::new();
+    for name in ["agent-a", "agent-b"] {
+        let (s, t) = app
+            .post(
+                "/v1/tokens",
+                json!({"name": name, "virtual_servers": ["*"]}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{t}");
+        ids.push(t["id"].as_str().unwrap().to_string());
+    }
+    let (a, b) = (ids[0].as_str(), ids[1].as_str());
+    let now = Utc::now();
+    let early = now - chrono::Duration::minutes(3);
+    // Two Envoys; a's calls on both (deltas add up), b refused twice; a flush with zeros adds
+    // nothing; an Envoy without stats_tags sends the full names.
+    let mut f1 = caller_families("demo", a, 3, 1, 0);
+    f1.extend(caller_families("demo", b, 0, 0, 2));
+    ingest(app, report("gw-1", early, f1)).await;
+    ingest(
+        app,
+        report("gw-2", now, caller_families("demo", a, 2, 0, 0)),
+    )
+    .await;
+    ingest(
+        app,
+        report("gw-2", now, caller_families("demo", b, 0, 0, 0)),
+    )
+    .await;
+    ingest(
+        app,
+        report(
+            "gw-3",
+            now,
+            vec![MetricFamily {
+                name: Some(format!("wasmcustom.toolmesh.caller.other.{b}.calls")),
+                metric: vec![Metric {
+                    counter: Some(Counter {
+                        value: Some(7.0),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        ),
+    )
+    .await;
+    // A token the catalog does not know (issued by another control plane, or long deleted).
+    ingest(
+        app,
+        report("gw-1", now, caller_families("demo", "tok_unknown", 1, 0, 0)),
+    )
+    .await;
+
+    let (s, body) = app.get("/v1/usage/tokens?since=1h").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let row = token_row(&body, "demo", a);
+    assert_eq!(
+        (&row["calls"], &row["errors"], &row["denied"]),
+        (&json!(5), &json!(1), &json!(0)),
+        "{body}"
+    );
+    assert_eq!(row["token_name"], "agent-a");
+    assert_eq!(row["error_rate"], 0.2);
+    // Last seen: the latest flush with activity (gw-2's, not the zeros after it).
+    assert_eq!(
+        row["last_seen"].as_str().unwrap(),
+        DateTime::from_timestamp(now.timestamp(), 0)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let row = token_row(&body, "demo", b);
+    assert_eq!((&row["calls"], &row["denied"]), (&json!(0), &json!(2)));
+    assert_eq!(
+        row["last_seen"].as_str().unwrap(),
+        DateTime::from_timestamp(early.timestamp(), 0)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    assert_eq!(token_row(&body, "other", b)["calls"], 7);
+    assert_eq!(
+        token_row(&body, "demo", "tok_unknown")["token_name"],
+        Value::Null
+    );
+    let order = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                format!(
+                    "{}/{}",
+                    i["virtual_server"].as_str().unwrap(),
+                    i["token_name"].as_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    };
+    // Most calls first by default.
+    assert_eq!(
+        order(&body),
+        ["other/agent-b", "demo/agent-a", "demo/?", "demo/agent-b"]
+    );
+
+    // Filters and sorting.
+    let (_, body) = app
+        .get("/v1/usage/tokens?virtual_server=demo&sort=denied")
+        .await;
+    // The others tie at 0 (then by token id).
+    assert_eq!(order(&body)[0], "demo/agent-b", "{body}");
+    assert_eq!(order(&body).len(), 3, "{body}");
+    let (_, body) = app.get(&format!("/v1/usage/tokens?token={b}")).await;
+    assert_eq!(order(&body), ["other/agent-b", "demo/agent-b"]);
+    let (_, body) = app
+        .get("/v1/usage/tokens?virtual_server=demo&sort=last_seen&order=asc")
+        .await;
+    assert_eq!(order(&body)[0], "demo/agent-b", "{body}");
+    let (_, body) = app.get("/v1/usage/tokens?since=1h&until=2m").await;
+    assert_eq!(
+        order(&body),
+        ["demo/agent-a", "demo/agent-b"],
+        "only gw-1's early flush"
+    );
+    for (path, field) in [
+        ("/v1/usage/tokens?sort=p99", "sort"),
+        ("/v1/usage/tokens?order=up", "order"),
+        ("/v1/usage/tokens?since=later", "since"),
+        ("/v1/usage/tokens?mcp_server=x", "mcp_server"),
+    ] {
+        assert_error(&app.get(path).await, StatusCode::BAD_REQUEST, Some(field));
+    }
+
+    // Compaction keeps the sums: three days ago in two minutes of one hour, then maintenance.
+    let usage = app.state.usage.clone().expect("usage");
+    let base = DateTime::from_timestamp((now.timestamp() - 3 * 86_400) / 3_600 * 3_600, 0).unwrap();
+    for minute in [5, 50] {
+        ingest(
+            app,
+            report(
+                "gw-1",
+                base + chrono::Duration::minutes(minute),
+                caller_families("demo", a, 10, 0, 1),
+            ),
+        )
+        .await;
+    }
+    let (_, before) = app.get("/v1/usage/tokens?since=4d").await;
+    assert_eq!(token_row(&before, "demo", a)["calls"], 25);
+    let stats = usage.maintain().await.expect("maintain");
+    assert_eq!(stats.compacted_rows, 2, "{stats:?}");
+    let (_, after) = app.get("/v1/usage/tokens?since=4d").await;
+    assert_eq!(before["items"], after["items"]);
+    let (_, old) = app.get("/v1/usage/tokens?since=4d&until=2d").await;
+    assert_eq!(
+        (
+            &token_row(&old, "demo", a)["calls"],
+            &token_row(&old, "demo", a)["denied"]
+        ),
+        (&json!(20), &json!(2))
+    );
+    assert_eq!(
+        token_row(&old, "demo", a)["last_seen"].as_str().unwrap(),
+        (base + chrono::Duration::minutes(50)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+}
 
 async fn flushes_from_several_envoys_add_up_exactly(app: &TestApp) {
     let now = Utc::now();
@@ -709,6 +928,50 @@ async fn cli_prints_usage_and_unused() {
     assert_eq!(json["items"][0]["calls"], 4);
     let vs = run(&["usage", "virtual-servers"]);
     assert!(vs.lines().any(|l| l.starts_with("demo")), "{vs}");
+    // Per token.
+    let (s, t) = app
+        .post(
+            "/v1/tokens",
+            json!({"name": "cli-agent", "virtual_servers": ["demo"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let token = t["id"].as_str().unwrap();
+    ingest(
+        &app,
+        report("gw", now, caller_families("demo", token, 4, 1, 2)),
+    )
+    .await;
+    let tokens = run(&[
+        "usage",
+        "tokens",
+        "--since",
+        "1h",
+        "--virtual-server",
+        "demo",
+    ]);
+    let line = tokens
+        .lines()
+        .find(|l| l.starts_with("demo"))
+        .unwrap_or_else(|| panic!("{tokens}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        &cols[..6],
+        ["demo", token, "cli-agent", "4", "1", "2"],
+        "{tokens}"
+    );
+    let json: Value = serde_json::from_str(&run(&[
+        "usage",
+        "tokens",
+        "--json",
+        "--token-id",
+        token,
+        "--sort",
+        "denied",
+    ]))
+    .unwrap();
+    assert_eq!(json["items"][0]["token_name"], "cli-agent", "{json}");
+    assert_eq!(json["items"].as_array().unwrap().len(), 1);
     let unused = run(&["usage", "unused", "--since", "7d"]);
     assert!(unused.contains("Exposed but not called"), "{unused}");
     assert!(
