@@ -14,7 +14,9 @@
 //! every Envoy. A control plane that does not serve the metrics service answers `UNIMPLEMENTED`
 //! and Envoy carries on.
 
-/// The `stats_config.stats_tags` list that labels the filter's stats.
+/// The `stats_config.stats_tags` list that labels the filter's stats: identical to the one in
+/// `envoy/bootstrap.yaml` and `envoy/bootstrap-compose.yaml` (a test compares them). The
+/// `token` label of `toolmesh.caller.*` is bounded by the callers the policy lists.
 pub const STATS_TAGS_YAML: &str = r#"  stats_tags:
   - tag_name: virtual_server
     regex: '^wasmcustom\.toolmesh\.tool\.(([^.]+)\.)[^.]+\.[^.]+\.[^.]+$'
@@ -25,9 +27,13 @@ pub const STATS_TAGS_YAML: &str = r#"  stats_tags:
   - tag_name: virtual_server
     regex: '^wasmcustom\.toolmesh\.vs\.(([^.]+)\.)(?:rq|denied)\.[^.]+$'
   - tag_name: method
-    regex: '^wasmcustom\.toolmesh\.vs\.[^.]+\.rq\.(([^.]+))$'
+    regex: '^wasmcustom\.toolmesh\.vs\.[^.]+\.rq(\.([^.]+))$'
   - tag_name: reason
-    regex: '^wasmcustom\.toolmesh\.(?:vs\.[^.]+|global)\.denied\.(([^.]+))$'
+    regex: '^wasmcustom\.toolmesh\.(?:vs\.[^.]+|global)\.denied(\.([^.]+))$'
+  - tag_name: virtual_server
+    regex: '^wasmcustom\.toolmesh\.caller\.(([^.]+)\.)[^.]+\.[^.]+$'
+  - tag_name: token
+    regex: '^wasmcustom\.toolmesh\.caller\.[^.]+\.(([^.]+)\.)[^.]+$'
 "#;
 
 /// How often Envoy flushes its stats to the sinks, in seconds (the bootstrap's
@@ -176,6 +182,31 @@ mod tests {
         assert!(y.contains("type: STRICT_DNS"));
         assert!(y.contains("address: 'toolmesh', port_value: 18001"));
         assert!(y.ends_with(STATS_TAGS_YAML));
+    }
+
+    /// The `stats_tags` lines of a bootstrap file, trimmed.
+    fn stats_tags_of(yaml: &str) -> Vec<String> {
+        let start = yaml.find("  stats_tags:").unwrap_or(yaml.len());
+        yaml[start..]
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .map(|l| l.trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn stats_tags_match_the_shipped_bootstraps() {
+        let ours = stats_tags_of(STATS_TAGS_YAML);
+        assert!(ours.len() > 10, "{ours:?}");
+        assert!(ours.iter().any(|l| l == "- tag_name: token"));
+        for file in ["bootstrap.yaml", "bootstrap-compose.yaml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../envoy")
+                .join(file);
+            let shipped = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(stats_tags_of(&shipped), ours, "envoy/{file} drifted");
+        }
     }
 
     #[test]
