@@ -907,6 +907,11 @@ impl Ctx<'_> {
                 self.resource(msg, method, name == "resources/read")
             }
             "completion/complete" => self.completion(msg, method),
+            // The filter opened every member session itself, `notifications/initialized`
+            // included; the client's goes no further.
+            "notifications/initialized" if msg.id.is_none() => {
+                self.local(msg, method, LocalKind::Accepted)
+            }
             // A notification: with one member it is that member's business (cancellation,
             // progress, roots); with several, which member it concerns is unknown.
             _ if msg.id.is_none() => {

@@ -300,14 +300,28 @@ fn the_filter_answers_pings_lists_and_the_2026_probe_itself() {
         vec!["toolmesh.vs.demo.rq.server_discover".to_string()]
     );
 
-    // Notifications on a virtual server of several members: accepted, not forwarded.
-    let (action, _, _) = run(
-        &post("/servers/demo/mcp"),
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-    );
-    assert!(
-        matches!(action, RequestAction::Deny(Reply { status: 202, ref body, .. }) if body.is_empty())
-    );
+    // Notifications on a virtual server of several members: accepted, not forwarded; and
+    // `notifications/initialized` everywhere (the filter sent each member its own).
+    for (path, body) in [
+        (
+            "/servers/demo/mcp",
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#,
+        ),
+        (
+            "/servers/demo/mcp",
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        ),
+        (
+            "/servers/single/mcp",
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        ),
+    ] {
+        let (action, _, _) = run(&post(path), body);
+        assert!(
+            matches!(action, RequestAction::Deny(Reply { status: 202, ref body, .. }) if body.is_empty()),
+            "{path} {body}"
+        );
+    }
 }
 
 #[test]
