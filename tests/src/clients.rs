@@ -96,6 +96,45 @@ pub fn results(doc: &Value) -> &Vec<Value> {
         .unwrap_or_else(|| panic!("client output has no results: {doc:#}"))
 }
 
+/// Python client: the `result` of operation `i`, which must have succeeded (`what` names the
+/// run in the panic message).
+pub fn py_ok<'a>(doc: &'a Value, i: usize, what: &str) -> &'a Value {
+    op(doc, i, what, true, "result")
+}
+
+/// Python client: the `error` of operation `i`, which must have failed.
+pub fn py_err<'a>(doc: &'a Value, i: usize, what: &str) -> &'a Value {
+    op(doc, i, what, false, "error")
+}
+
+/// TypeScript client: the `value` of operation `i`, which must have succeeded.
+pub fn ts_ok<'a>(doc: &'a Value, i: usize, what: &str) -> &'a Value {
+    op(doc, i, what, true, "value")
+}
+
+fn op<'a>(doc: &'a Value, i: usize, what: &str, ok: bool, key: &str) -> &'a Value {
+    let r = results(doc)
+        .get(i)
+        .unwrap_or_else(|| panic!("{what}: no operation {i}: {doc:#}"));
+    assert_eq!(
+        r["ok"],
+        ok,
+        "{what}: operation {i} {}: {r:#}\n{doc:#}",
+        if ok { "failed" } else { "should have failed" }
+    );
+    &r[key]
+}
+
+/// The `key` field (`name`, `uri`, ...) of every item of a list.
+pub fn item_names(items: &Value, key: &str) -> Vec<String> {
+    items
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {items:#}"))
+        .iter()
+        .map(|i| i[key].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// The test server as a process: the `toolmesh-e2e-test-server` binary of this package (the
 /// same CLI as `mcp-test-server`: `--port`, `--stateless`, `--json-response`, `--page-size`),
 /// located next to the test executable unless `$TOOLMESH_TEST_SERVER_BIN` names it.

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use toolmesh_e2e::clients::{item_names as names, py_err, py_ok, ts_ok};
 use toolmesh_e2e::policy::test_server_member;
 use toolmesh_e2e::test_servers::{RunningServer, TestServerConfig, spawn};
 use toolmesh_e2e::{Envoy, EnvoyConfig, FilterConfig, python_client, require, results, tools};
@@ -283,45 +284,6 @@ async fn post_chunked(port: u16, path: &str, chunks: &[Vec<u8>]) -> (u16, String
 // ---------------------------------------------------------------------------------------------
 // Client output helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Python client: the result of operation `i`, which must have succeeded.
-fn py_ok<'a>(doc: &'a Value, i: usize, what: &str) -> &'a Value {
-    let r = &results(doc)[i];
-    assert_eq!(
-        r["ok"], true,
-        "{what}: operation {i} failed: {r:#}\n{doc:#}"
-    );
-    &r["result"]
-}
-
-/// Python client: the error of operation `i`, which must have failed.
-fn py_err<'a>(doc: &'a Value, i: usize, what: &str) -> &'a Value {
-    let r = &results(doc)[i];
-    assert_eq!(
-        r["ok"], false,
-        "{what}: operation {i} should have failed: {r:#}"
-    );
-    &r["error"]
-}
-
-/// TypeScript client: the value of operation `i`, which must have succeeded.
-fn ts_ok<'a>(doc: &'a Value, i: usize, what: &str) -> &'a Value {
-    let r = &results(doc)[i];
-    assert_eq!(
-        r["ok"], true,
-        "{what}: operation {i} failed: {r:#}\n{doc:#}"
-    );
-    &r["value"]
-}
-
-fn names(items: &Value, key: &str) -> Vec<String> {
-    items
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {items:#}"))
-        .iter()
-        .map(|i| i[key].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
 
 /// A denial as a client sees it: the documented code, and a message naming both the item and
 /// the virtual server.
