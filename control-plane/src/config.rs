@@ -100,6 +100,11 @@ pub struct ServeConfig {
         default_value = "/etc/ssl/certs/ca-certificates.crt"
     )]
     pub upstream_ca_file: PathBuf,
+    /// Envoy's access log of the MCP listener: `stdout` (one JSON object per request on Envoy's
+    /// standard output: time, method, path, status, duration, upstream cluster, virtual server,
+    /// MCP method, tool, outcome, caller token id) or `off`.
+    #[arg(long, env = "TOOLMESH_ACCESS_LOG", default_value = "stdout")]
+    pub access_log: toolmesh_xds::AccessLog,
     /// Items per page of the lists the filter answers itself (`tools/list`, `prompts/list`,
     /// `resources/list`, `resources/templates/list`); clients follow `nextCursor`.
     #[arg(long, env = "TOOLMESH_LIST_PAGE_SIZE", default_value_t = toolmesh_proto::DEFAULT_LIST_PAGE_SIZE,
@@ -184,6 +189,7 @@ impl ServeConfig {
             wasm_path: PathBuf::from("target/wasm32-wasip1/wasm-release/toolmesh_filter.wasm"),
             stream_idle_timeout_secs: 600,
             upstream_ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            access_log: toolmesh_xds::AccessLog::Stdout,
             list_page_size: toolmesh_proto::DEFAULT_LIST_PAGE_SIZE,
             allowed_hosts: Vec::new(),
             member_timeout_ms: toolmesh_proto::DEFAULT_MEMBER_TIMEOUT_MS,
@@ -222,6 +228,7 @@ impl ServeConfig {
             wasm_path: self.wasm_path.clone(),
             stream_idle_timeout: Duration::from_secs(self.stream_idle_timeout_secs.max(1)),
             upstream_ca_file: self.upstream_ca_file.clone(),
+            access_log: self.access_log,
             ..toolmesh_xds::GatewaySettings::default()
         }
     }

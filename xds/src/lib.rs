@@ -15,7 +15,7 @@ pub mod server;
 pub mod tracker;
 
 pub use bootstrap::bootstrap_yaml;
-pub use model::{GatewayModel, GatewaySettings, UpstreamEndpoint};
+pub use model::{AccessLog, GatewayModel, GatewaySettings, UpstreamEndpoint};
 pub use resources::{BuildError, NamedResource, ResourceType, Snapshot, build_snapshot};
 pub use server::{EnvoyStatus, ServeError, XdsHandle, XdsMetrics, XdsServer};
 pub use tracker::Nack;

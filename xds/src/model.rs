@@ -37,6 +37,29 @@ pub struct UpstreamEndpoint {
     pub request_headers: Vec<(String, String)>,
 }
 
+/// Where Envoy writes the MCP listener's access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    /// No access log.
+    Off,
+    /// One JSON object per request on Envoy's standard output (see
+    /// [`crate::resources::ACCESS_LOG_FORMAT`]).
+    #[default]
+    Stdout,
+}
+
+impl std::str::FromStr for AccessLog {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Ok(Self::Off),
+            "stdout" => Ok(Self::Stdout),
+            _ => Err(format!("{s:?}: expected off or stdout")),
+        }
+    }
+}
+
 /// How the gateway is run: fixed for the life of an [`crate::XdsServer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewaySettings {
@@ -59,6 +82,8 @@ pub struct GatewaySettings {
     /// TLS cluster that checks the certificate's name without a trusted CA, and reads this file
     /// when the cluster is created, so it must exist wherever an https upstream is configured.
     pub upstream_ca_file: PathBuf,
+    /// The MCP listener's access log (default: JSON lines on Envoy's stdout).
+    pub access_log: AccessLog,
 }
 
 impl GatewaySettings {
@@ -81,6 +106,7 @@ impl Default for GatewaySettings {
             max_request_bytes: 4 * 1024 * 1024,
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_ca_file: PathBuf::from(DEFAULT_CA_FILE),
+            access_log: AccessLog::default(),
         }
     }
 }

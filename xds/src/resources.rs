@@ -13,7 +13,10 @@
 //!   another virtual server by the filter); `request_timeout` off and a configurable
 //!   `stream_idle_timeout`, because MCP calls and SSE streams are long-lived; a per-connection
 //!   buffer limit big enough for the policy's body limit. HTTP filters: `jwt_authn` (when the
-//!   policy has token checks), `toolmesh`, both through ECDS, then the router.
+//!   policy has token checks), `toolmesh`, both through ECDS, then the router. An access log
+//!   (unless turned off): one JSON object per request on Envoy's stdout naming the virtual
+//!   server, MCP method, tool and outcome from the filter's filter state, and the caller's token
+//!   id from `jwt_authn`'s metadata ([`ACCESS_LOG_FORMAT`]).
 //! - **ECDS `envoy.filters.http.jwt_authn`** (when `policy.auth` is set): verifies bearer tokens
 //!   against the JWKS from the policy, with `allow_missing_or_failed`, so it never answers by
 //!   itself: it writes the verified payload (or why verification failed) into dynamic metadata
@@ -50,6 +53,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog as AccessLogConfig, access_log};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection, cluster};
 use envoy_types::pb::envoy::config::common::mutation_rules::v3::{
     HeaderMutation as HeaderMutationRule, header_mutation,
@@ -69,6 +73,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch,
     VirtualHost, header_matcher, route, route_action, route_match,
 };
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
 use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3::{
     HeaderMutation as HeaderMutationFilter, Mutations,
 };
@@ -94,12 +99,12 @@ use envoy_types::pb::envoy::extensions::wasm::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{
-    Any, BoolValue, Duration as PbDuration, StringValue, UInt32Value,
+    Any, BoolValue, Duration as PbDuration, StringValue, Struct, UInt32Value, Value, value,
 };
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
 
-use crate::model::{GatewayModel, GatewaySettings, Host, UpstreamTarget, UrlError};
+use crate::model::{AccessLog, GatewayModel, GatewaySettings, Host, UpstreamTarget, UrlError};
 
 /// Name of the MCP listener.
 pub const LISTENER_NAME: &str = "toolmesh_mcp";
@@ -121,6 +126,38 @@ pub const CLUSTER_HEADER: &str = "x-toolmesh-cluster";
 pub const XDS_CLUSTER_NAME: &str = "xds_cluster";
 /// Body of the 404 answered for a request the filter did not route.
 pub const NOT_FOUND_BODY: &str = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32601,"message":"no such endpoint; MCP endpoints are /servers/{name}/mcp"}}"#;
+
+/// The MCP listener's access log line: JSON keys and Envoy command operators. The toolmesh
+/// filter sets the `wasm.toolmesh.*` filter state on every request it parses (`outcome`: `ok`,
+/// `error`, `forwarded`, `local`, `denied.<reason>`, or `pending` when the stream ended before
+/// the call's outcome was known); `caller` is the verified token's `jti` from `jwt_authn`'s
+/// payload metadata (absent without a valid token). A missing value is `null`. `path` is the
+/// request path as sent upstream (the filter rewrites `/servers/{vs}/mcp` to the member's path;
+/// the endpoint is named by `virtual_server`).
+pub const ACCESS_LOG_FORMAT: &[(&str, &str)] = &[
+    ("start_time", "%START_TIME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(:PATH)%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("duration_ms", "%DURATION%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("virtual_server", "%FILTER_STATE(wasm.toolmesh.vs:PLAIN)%"),
+    ("mcp_method", "%FILTER_STATE(wasm.toolmesh.method:PLAIN)%"),
+    ("tool", "%FILTER_STATE(wasm.toolmesh.tool:PLAIN)%"),
+    ("outcome", "%FILTER_STATE(wasm.toolmesh.outcome:PLAIN)%"),
+    (
+        "caller",
+        "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:toolmesh_payload:jti)%",
+    ),
+];
+
+/// The name of Envoy's stdout access logger.
+pub const STDOUT_ACCESS_LOGGER: &str = "envoy.access_loggers.stdout";
 
 /// How long a listener waits for the ECDS resource before going active without it (then every
 /// request is answered 500: fail closed).
@@ -552,6 +589,7 @@ fn listener(
         // Envoy is the edge: the client address it sees is the real one (XFF from clients is
         // not trusted). Token source-CIDR checks rely on this.
         use_remote_address: Some(BoolValue { value: true }),
+        access_log: access_logs(settings.access_log),
         ..Default::default()
     };
     Listener {
@@ -569,6 +607,53 @@ fn listener(
         }],
         ..Default::default()
     }
+}
+
+fn access_logs(kind: AccessLog) -> Vec<AccessLogConfig> {
+    match kind {
+        AccessLog::Off => Vec::new(),
+        AccessLog::Stdout => vec![AccessLogConfig {
+            name: STDOUT_ACCESS_LOGGER.into(),
+            filter: None,
+            config_type: Some(access_log::ConfigType::TypedConfig(Any {
+                type_url: StdoutAccessLog::type_url(),
+                value: stdout_access_log_bytes(ACCESS_LOG_FORMAT),
+            })),
+        }],
+    }
+}
+
+/// `StdoutAccessLog { log_format: { json_format: fields } }`, encoded by hand around the `Struct`: prost encodes a map in its `HashMap`'s iteration order,
+/// which differs between runs, and the resource version is a hash of these bytes. Each field is
+/// encoded as a one-entry `Struct`, in `fields` order; concatenated, they are one `Struct` (a
+/// map's entries are a repeated field), so any protobuf parser reads the same message.
+fn stdout_access_log_bytes(fields: &[(&str, &str)]) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let mut json = Vec::new();
+    for (key, operator) in fields {
+        Struct {
+            fields: HashMap::from([(
+                (*key).to_string(),
+                Value {
+                    kind: Some(value::Kind::StringValue((*operator).to_string())),
+                },
+            )]),
+        }
+        .encode(&mut json)
+        .unwrap_or_default();
+    }
+    // SubstitutionFormatString: `json_format` (field 2) from the bytes above (Envoy writes the
+    // properties sorted by name).
+    let mut format = Vec::with_capacity(json.len() + 8);
+    encode_key(2, WireType::LengthDelimited, &mut format);
+    encode_varint(json.len() as u64, &mut format);
+    format.extend_from_slice(&json);
+    // StdoutAccessLog: `log_format` (field 1).
+    let mut out = Vec::with_capacity(format.len() + 8);
+    encode_key(1, WireType::LengthDelimited, &mut out);
+    encode_varint(format.len() as u64, &mut out);
+    out.extend_from_slice(&format);
+    out
 }
 
 fn http_filters(tokens: bool) -> Vec<HttpFilter> {

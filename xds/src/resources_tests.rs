@@ -115,6 +115,89 @@ fn listener_binds_and_hardens_paths() {
     assert_eq!(rds.route_config_name, ROUTE_CONFIG_NAME);
 }
 
+/// The stdout access log of the MCP listener, decoded: its JSON fields.
+fn access_log_fields(h: &HttpConnectionManager) -> BTreeMap<String, String> {
+    assert_eq!(h.access_log.len(), 1, "{:?}", h.access_log);
+    let log = &h.access_log[0];
+    assert_eq!(log.name, STDOUT_ACCESS_LOGGER);
+    assert!(log.filter.is_none(), "every request is logged");
+    let Some(access_log::ConfigType::TypedConfig(any)) = &log.config_type else {
+        panic!("no typed config")
+    };
+    let stdout: StdoutAccessLog = decode(any);
+    use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
+    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stdout_access_log::AccessLogFormat;
+    let Some(AccessLogFormat::LogFormat(format)) = stdout.access_log_format else {
+        panic!("no log format")
+    };
+    let Some(Format::JsonFormat(json)) = format.format else {
+        panic!("not a JSON format: {format:?}")
+    };
+    json.fields
+        .into_iter()
+        .map(|(k, v)| match v.kind {
+            Some(value::Kind::StringValue(s)) => (k, s),
+            other => panic!("{k}: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn requests_are_logged_as_json_naming_virtual_server_tool_outcome_and_caller() {
+    let s = build_snapshot(&model(), &settings()).unwrap();
+    let (_, h) = hcm(&s);
+    let fields = access_log_fields(&h);
+    for (key, operator) in [
+        ("start_time", "%START_TIME%"),
+        ("method", "%REQ(:METHOD)%"),
+        ("path", "%REQ(:PATH)%"),
+        ("response_code", "%RESPONSE_CODE%"),
+        ("duration_ms", "%DURATION%"),
+        ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+        ("virtual_server", "%FILTER_STATE(wasm.toolmesh.vs:PLAIN)%"),
+        ("mcp_method", "%FILTER_STATE(wasm.toolmesh.method:PLAIN)%"),
+        ("tool", "%FILTER_STATE(wasm.toolmesh.tool:PLAIN)%"),
+        ("outcome", "%FILTER_STATE(wasm.toolmesh.outcome:PLAIN)%"),
+        (
+            "caller",
+            "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:toolmesh_payload:jti)%",
+        ),
+    ] {
+        assert_eq!(fields.get(key).map(String::as_str), Some(operator), "{key}");
+    }
+    assert_eq!(fields.len(), ACCESS_LOG_FORMAT.len());
+
+    // The bytes do not depend on a map's iteration order: the same model is the same version
+    // (a second replica, or a restart, pushes nothing new).
+    let bytes = |s: &Snapshot| {
+        s.get(ResourceType::Listener).resources[0]
+            .resource
+            .value
+            .clone()
+    };
+    for _ in 0..5 {
+        let again = build_snapshot(&model(), &settings()).unwrap();
+        assert_eq!(bytes(&again), bytes(&s));
+        assert_eq!(again.versions(), s.versions());
+    }
+
+    // Turned off: no access log.
+    let off = GatewaySettings {
+        access_log: AccessLog::Off,
+        ..settings()
+    };
+    let (_, h) = hcm(&build_snapshot(&model(), &off).unwrap());
+    assert!(h.access_log.is_empty());
+    assert_eq!("OFF".parse::<AccessLog>(), Ok(AccessLog::Off));
+    assert_eq!("stdout".parse::<AccessLog>(), Ok(AccessLog::Stdout));
+    assert!(
+        "file"
+            .parse::<AccessLog>()
+            .unwrap_err()
+            .contains("off or stdout")
+    );
+}
+
 #[test]
 fn the_policy_filter_comes_from_ecds_before_the_router() {
     let s = build_snapshot(&model(), &settings()).unwrap();

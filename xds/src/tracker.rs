@@ -245,14 +245,30 @@ impl StreamTracker {
     }
 }
 
+/// What Envoy appends to a rejection message it cut at 4 KiB (the gRPC status message limit).
+const ENVOY_TRUNCATED: &str = "...(truncated)";
+
 /// The useful part of an Envoy NACK message.
 ///
 /// Envoy 1.40 prefixes proto validation errors with a `goo.gle/debug...` marker and a text dump
-/// of the rejected resource, so the reason is at the end, after the dump's last line. Other
-/// messages are kept whole. The result is capped at 2 KiB.
+/// of the rejected resource, so the reason is at the end, after the dump's last line. Envoy cuts
+/// every message at 4 KiB, so for a resource whose dump is longer (the MCP listener with its
+/// access log format is) the reason never arrives: then this says so and where to find it (the
+/// Envoy's own log has the whole message). Other messages are kept whole. The result is capped
+/// at 2 KiB.
 pub fn nack_reason(message: &str) -> String {
     let message = message.trim();
     // Seen markers: `goo.gle/debugstr` and `goo.gle/debugproto` (protobuf's debug-format tag).
+    if message.contains("goo.gle/debug") && message.ends_with(ENVOY_TRUNCATED) {
+        let resource = message
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("name: "))
+            .map(|n| format!(" of {n}"))
+            .unwrap_or_default();
+        return format!(
+            "Envoy refused the resource{resource} but cut its message at 4 KiB, inside the dump of the resource and before the reason; the whole reason is in that Envoy's log (\"gRPC config for ... rejected\")"
+        );
+    }
     let reason = if message.contains("goo.gle/debug") {
         message
             .rsplit('\n')

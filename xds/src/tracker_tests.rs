@@ -266,6 +266,14 @@ fn nack_reason_extraction() {
         nack_reason(seen),
         "Proto constraint validation failed (ListenerValidationError.Address: embedded message failed validation | caused by SocketAddressValidationError.PortValue: value must be less than or equal to 65535)"
     );
+    // Cut by Envoy at 4 KiB inside the dump: the reason never arrived.
+    let cut = "goo.gle/debugproto   \nname: \"toolmesh_mcp\"\naddress {\n  socket_address {\n    port_value: 70000\n  }\n}\nfilter_chains {\n  fields {\n    key: \"tool\"\n    value {\n      string_value: \"%FILTE...(truncated)";
+    let r = nack_reason(cut);
+    assert!(
+        r.contains("\"toolmesh_mcp\"") && r.contains("4 KiB") && r.contains("Envoy's log"),
+        "{r}"
+    );
+    assert!(!r.contains("FILTE"), "{r}");
     let long = "x".repeat(5000);
     assert_eq!(nack_reason(&long).chars().count(), MAX_REASON_CHARS + 1);
 }

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
-use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use prost::{Message, Name};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -386,6 +387,39 @@ fn with_listener_port(snapshot: &Snapshot, port: u32) -> Snapshot {
     Snapshot::from_resources(res)
 }
 
+/// Waits for the (first) Envoy's NACK of listener version `version`.
+async fn listener_nack(handle: &XdsHandle, version: &str) -> Result<toolmesh_xds::Nack> {
+    eventually("the LDS NACK", || async {
+        handle
+            .envoys()
+            .remove(0)
+            .last_nack
+            .filter(|n| n.type_url == ResourceType::Listener.type_url() && n.version == version)
+    })
+    .await
+}
+
+/// The snapshot with the MCP listener's access log removed (a smaller listener).
+fn without_access_log(snapshot: &Snapshot) -> Snapshot {
+    let mut res = snapshot.to_resources();
+    for r in res.get_mut(&ResourceType::Listener).into_iter().flatten() {
+        let mut l = Listener::decode(r.resource.value.as_slice()).expect("listener");
+        for f in l
+            .filter_chains
+            .iter_mut()
+            .flat_map(|c| c.filters.iter_mut())
+        {
+            if let Some(filter::ConfigType::TypedConfig(any)) = f.config_type.as_mut() {
+                let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+                hcm.access_log.clear();
+                any.value = hcm.encode_to_vec();
+            }
+        }
+        r.resource.value = l.encode_to_vec();
+    }
+    Snapshot::from_resources(res)
+}
+
 // === tests ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,20 +540,27 @@ async fn envoy_follows_the_control_plane() -> Result<()> {
         .context("no answer")?;
     assert_eq!((code, policy.as_str()), (200, "v2"));
 
-    // --- NACK 2: a listener Envoy's proto validation refuses; the reason is the end of
-    // Envoy's message, not the proto dump in front of it.
+    // --- NACK 2: a listener Envoy's proto validation refuses. Envoy puts the reason after a
+    // dump of the resource and cuts its message at 4 KiB: the MCP listener with its access log
+    // is longer, so the reason never arrives and the NACK says where it is.
     cp.handle.publish(&model("v2", upstream))?;
     wait_in_sync(&cp.handle, &envoy).await?;
     let good = cp.handle.snapshot().unwrap();
-    cp.handle.publish_snapshot(with_listener_port(&good, 70000));
-    let nack = eventually("the LDS NACK", || async {
-        cp.handle
-            .envoys()
-            .remove(0)
-            .last_nack
-            .filter(|n| n.type_url == ResourceType::Listener.type_url())
-    })
-    .await?;
+    let bad = with_listener_port(&good, 70000);
+    cp.handle.publish_snapshot(bad.clone());
+    let nack = listener_nack(&cp.handle, &bad.get(ResourceType::Listener).version).await?;
+    assert!(
+        nack.message.contains("\"toolmesh_mcp\"")
+            && nack.message.contains("cut its message at 4 KiB")
+            && nack.message.contains("Envoy's log"),
+        "reason: {}",
+        nack.message
+    );
+    // A smaller listener (no access log): the reason is the end of Envoy's message, not the
+    // proto dump in front of it.
+    let bad = with_listener_port(&without_access_log(&good), 70000);
+    cp.handle.publish_snapshot(bad.clone());
+    let nack = listener_nack(&cp.handle, &bad.get(ResourceType::Listener).version).await?;
     assert!(
         nack.message
             .starts_with("Proto constraint validation failed")

@@ -525,6 +525,11 @@ async fn serve_knobs_reach_the_policy() {
             vec![],
             "--caller-stats-limit",
         ),
+        (
+            vec![],
+            vec![("TOOLMESH_ACCESS_LOG", "file")],
+            "--access-log",
+        ),
     ] {
         let out = Command::new(BIN)
             .args(["serve", "--api-port", "0", "--xds-port", "0"])
