@@ -24,8 +24,9 @@
 //!   `localhost`, `127.0.0.1`, `::1`, any port; a foreign `Host` gets HTTP 403).
 //!
 //! The server is stateful (sessions), answers with SSE streams and keeps the events of each
-//! request's stream so a closed stream can be resumed. [`spawn`] runs it in-process; the
-//! `mcp-conformance-server` binary ([`cli`]) runs it as a process.
+//! request's stream so a closed stream can be resumed. Like the test server, it records every
+//! HTTP request it receives ([`RunningConformanceServer::requests`]). [`spawn`] runs it
+//! in-process; the `mcp-conformance-server` binary ([`cli`]) runs it as a process.
 
 pub mod cli;
 mod fixtures;
@@ -33,11 +34,16 @@ mod handler;
 mod sessions;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
+
+use crate::{RecordedRequest, lock};
 
 pub use fixtures::{
     AUDIO_WAV_BASE64, IMAGE_PNG_BASE64, capabilities, prompt_definitions, resource_definitions,
@@ -99,6 +105,7 @@ fn names(items: &[serde_json::Value], key: &str) -> Vec<String> {
 /// A conformance server running in this process. Dropping it stops it.
 pub struct RunningConformanceServer {
     addr: SocketAddr,
+    requests: Recorded,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -120,6 +127,19 @@ impl RunningConformanceServer {
     /// The MCP endpoint, `http://127.0.0.1:PORT/mcp`.
     pub fn url(&self) -> String {
         format!("http://{}/mcp", self.addr)
+    }
+
+    /// Every HTTP request received on `/mcp` so far, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.requests).clone()
+    }
+
+    /// The JSON-RPC methods received so far, in order (from [`Self::requests`]).
+    pub fn jsonrpc_methods(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter_map(|r| r.jsonrpc_method)
+            .collect()
     }
 
     /// Stops the server: ends every session and stream and waits (up to 5 s) for the listener.
@@ -160,7 +180,8 @@ pub async fn spawn_on(
         .local_addr()
         .map_err(|source| ConformanceServerError::Bind { addr, source })?;
     let cancel = CancellationToken::new();
-    let app = router(cancel.child_token());
+    let requests = Recorded::default();
+    let app = router(cancel.child_token(), requests.clone());
     let stop = cancel.clone();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -172,13 +193,17 @@ pub async fn spawn_on(
     });
     Ok(RunningConformanceServer {
         addr,
+        requests,
         cancel,
         task: Some(task),
     })
 }
 
-/// The axum router: the MCP endpoint at `/mcp`.
-fn router(cancel: CancellationToken) -> axum::Router {
+/// The requests a server received.
+type Recorded = Arc<Mutex<Vec<RecordedRequest>>>;
+
+/// The axum router: the MCP endpoint at `/mcp`, every request recorded into `requests`.
+fn router(cancel: CancellationToken, requests: Recorded) -> axum::Router {
     let sessions = Arc::new(sessions::ConformanceSessions::new(SSE_RETRY));
     // Defaults kept on purpose: the Host allowlist (localhost, 127.0.0.1, ::1) is the
     // dns-rebinding-protection fixture.
@@ -192,5 +217,18 @@ fn router(cancel: CancellationToken) -> axum::Router {
         sessions,
         config,
     );
-    axum::Router::new().nest_service("/mcp", mcp)
+    axum::Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(requests, record))
+}
+
+/// Records each request, then passes it on unchanged.
+async fn record(State(requests): State<Recorded>, request: Request, next: Next) -> Response {
+    match crate::describe(request).await {
+        Ok((recorded, request)) => {
+            lock(&requests).push(recorded);
+            next.run(request).await
+        }
+        Err(refused) => refused,
+    }
 }

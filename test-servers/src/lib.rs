@@ -337,11 +337,25 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next)
     if request.uri().path().starts_with("/_test/") {
         return next.run(request).await;
     }
+    match describe(request).await {
+        Ok((recorded, request)) => {
+            lock(&shared.requests).push(recorded);
+            next.run(request).await
+        }
+        Err(refused) => refused,
+    }
+}
+
+/// Reads `request`'s body (up to the limit rmcp applies) and describes the request; returns
+/// the description and the request, rebuilt, to pass on (or the answer to a body too large).
+pub(crate) async fn describe(request: Request) -> Result<(RecordedRequest, Request), Response> {
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+            return Err(
+                (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response(),
+            );
         }
     };
     let mut headers = BTreeMap::<String, String>::new();
@@ -369,7 +383,7 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next)
             .and_then(|m| m.as_str())
             .map(str::to_owned),
     });
-    lock(&shared.requests).push(RecordedRequest {
+    let recorded = RecordedRequest {
         method: parts.method.to_string(),
         path: parts
             .uri
@@ -378,7 +392,6 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next)
         headers,
         jsonrpc_method,
         body: json,
-    });
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    };
+    Ok((recorded, Request::from_parts(parts, Body::from(bytes))))
 }
