@@ -177,22 +177,23 @@ impl SuiteReport {
 }
 
 /// Renders a table of scenarios by column (e.g. `direct`, `envoy`, `filter`), one row each, in
-/// the order of the first report.
+/// the order of the first report, then why each scenario that did not pass failed.
 pub fn table(columns: &[(&str, &SuiteReport)]) -> String {
     let Some((_, first)) = columns.first() else {
         return String::new();
     };
     let width = first.outcomes.keys().map(String::len).max().unwrap_or(8);
+    let widths: Vec<usize> = columns.iter().map(|(name, _)| name.len().max(8)).collect();
     let mut out = format!("{:width$}", "scenario");
-    for (name, _) in columns {
-        out.push_str(&format!(" | {name:>8}"));
+    for ((name, _), w) in columns.iter().zip(&widths) {
+        out.push_str(&format!(" | {name:>w$}"));
     }
     out.push('\n');
     for scenario in first.outcomes.keys() {
         out.push_str(&format!("{scenario:width$}"));
-        for (_, report) in columns {
+        for ((_, report), w) in columns.iter().zip(&widths) {
             let label = report.outcome(scenario).map_or("-", Outcome::label);
-            out.push_str(&format!(" | {label:>8}"));
+            out.push_str(&format!(" | {label:>w$}"));
         }
         out.push('\n');
     }
@@ -204,6 +205,29 @@ pub fn table(columns: &[(&str, &SuiteReport)]) -> String {
             };
             out.push_str(&format!("{name}: {scenario}: {}\n", reasons.join("; ")));
         }
+    }
+    out
+}
+
+/// The same table as [`table`], as Markdown (for the README), without the reasons.
+pub fn markdown_table(columns: &[(&str, &SuiteReport)]) -> String {
+    let Some((_, first)) = columns.first() else {
+        return String::new();
+    };
+    let mut out = String::from("| scenario |");
+    for (name, _) in columns {
+        out.push_str(&format!(" {name} |"));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&":---:|".repeat(columns.len()));
+    out.push('\n');
+    for scenario in first.outcomes.keys() {
+        out.push_str(&format!("| `{scenario}` |"));
+        for (_, report) in columns {
+            let label = report.outcome(scenario).map_or("-", Outcome::label);
+            out.push_str(&format!(" {label} |"));
+        }
+        out.push('\n');
     }
     out
 }
