@@ -20,17 +20,19 @@ OPS_JSON is a JSON list of operations (or @file to read it from a file):
     {"op": "read_resource", "uri": "test://static/readme"}
     {"op": "subscribe_resource", "uri": ...} / {"op": "unsubscribe_resource", "uri": ...}
     {"op": "ping"}                            result {}
+    {"op": "set_logging_level", "level": "warning"}   logging/setLevel; result {}
     {"op": "sleep", "seconds": 0.5}
 
 Output:
-    {"connected": bool, "connect_error": str|null, "protocol_version": str|null,
+    {"connected": bool, "connect_error": str|null, "connect_elapsed_s": float|null,
+     "protocol_version": str|null,
      "server_info": {...}|null, "server_capabilities": {...}|null,
      "results": [{"op": ..., "ok": bool, "result": {...}|null, "error": {"type", "message", "code"}|null,
                   "elapsed_s": float, "progress": [{"progress", "total", "message", "t_s"}]}],
      "notifications": [{"method": str, "t_s": float}],
      "fatal_error": str|null}
 Times (`t_s`) are seconds since the operation started (progress) or since the client started
-(notifications).
+(notifications). `connect_elapsed_s` is how long connecting (the initialize handshake) took.
 """
 
 from __future__ import annotations
@@ -128,6 +130,8 @@ async def run_op(client: Client, op: dict[str, Any]) -> dict[str, Any]:
             result = dump(await client.unsubscribe_resource(op["uri"]))
         elif kind == "ping":
             result = dump(await client.send_ping())
+        elif kind == "set_logging_level":
+            result = dump(await client.set_logging_level(op["level"]))
         elif kind == "sleep":
             await anyio.sleep(float(op.get("seconds", 0)))
             result = {}
@@ -145,6 +149,7 @@ async def main_async(args: argparse.Namespace, ops: list[dict[str, Any]]) -> dic
     out: dict[str, Any] = {
         "connected": False,
         "connect_error": None,
+        "connect_elapsed_s": None,
         "protocol_version": None,
         "server_info": None,
         "server_capabilities": None,
@@ -175,9 +180,11 @@ async def main_async(args: argparse.Namespace, ops: list[dict[str, Any]]) -> dic
     )
     async with http_client:
         entered = False
+        connecting = time.monotonic()
         try:
             async with client:
                 entered = True
+                out["connect_elapsed_s"] = time.monotonic() - connecting
                 out["connected"] = True
                 out["protocol_version"] = client.protocol_version
                 out["server_info"] = dump(client.server_info)

@@ -14,7 +14,9 @@
 //! the `server/discover` probe itself; it opens each member's session on `initialize` and seals
 //! them into one `Mcp-Session-Id` bound to the virtual server and the caller; it routes calls to
 //! the owning member with that member's own session; a multi-member virtual server refuses GET
-//! (405) and fans DELETE out; a foreign `Host`/`Origin` is refused (403).
+//! (405) and fans DELETE out; a foreign `Host`/`Origin` is refused (403); a member that never
+//! answers costs a session at most `--member-timeout-ms`; `logging/setLevel` goes to the first
+//! member that declares `logging`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -1187,4 +1189,288 @@ async fn sessions_are_sealed_to_their_virtual_server_and_caller() {
     assert_eq!(calls_in(&since(&fed.plain, p4)), ["echo", "echo", "echo"]);
     assert!(since(&fed.stateful, s4).is_empty());
     fed.gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A member that never answers; logging/setLevel
+// ---------------------------------------------------------------------------------------------
+
+/// `--member-timeout-ms` for the silent-member test.
+const MEMBER_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How much longer than [`MEMBER_TIMEOUT`] an `initialize` may take on a loaded two-core
+/// machine (the bound is what matters: without it, the client would wait forever).
+const MEMBER_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
+
+/// A TCP listener that accepts every connection, reads nothing, answers nothing and keeps it
+/// open: an MCP server that hangs. Dropping it closes the listener and every connection.
+struct SilentListener {
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentListener {
+    async fn bind(addr: std::net::SocketAddr) -> SilentListener {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("binding the silent listener on {addr}: {e}"));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                open.push(stream);
+            }
+        });
+        SilentListener { accepted, task }
+    }
+
+    /// Connections accepted so far.
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for SilentListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A member that accepts the connection but never answers `initialize` costs a new session at
+/// most `--member-timeout-ms`: the client's `initialize` completes (measured) within the
+/// timeout plus a wide margin, that member's tools answer -32603 naming it (without another
+/// try), and the other member works, with its own session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_answers_costs_a_session_at_most_the_member_timeout() {
+    const VS: &str = "hanging";
+    // The silent member is registered while a real server answers at its address (discovery
+    // must find it up), then replaced by a listener that never answers. The harness turns off
+    // rediscovery, so the catalog keeps its tools.
+    let stand_in = spawn(TestServerConfig::stateless_json()).await.unwrap();
+    let stateful = spawn(TestServerConfig::default()).await.unwrap();
+    let silent_addr = stand_in.addr();
+    let timeout_ms = u32::try_from(MEMBER_TIMEOUT.as_millis()).unwrap();
+    let Some(gw) = Gateway::builder("fed-silent")
+        .configure(move |c| c.member_timeout_ms = timeout_ms)
+        .mcp_server("silent", &stand_in.url())
+        .mcp_server("stateful", &stateful.url())
+        .virtual_server(json!({"name": VS, "tools": [
+            {"mcp_server": "silent", "tool": "add"},
+            {"mcp_server": "stateful", "tool": "echo"},
+        ]}))
+        .start()
+        .await
+    else {
+        return;
+    };
+    let token = gw.token("agent", &[VS]).await;
+    stand_in.shutdown().await;
+    let silent = SilentListener::bind(silent_addr).await;
+    let s0 = stateful.requests().len();
+
+    let raw = Raw {
+        client: reqwest::Client::builder()
+            .timeout(MEMBER_TIMEOUT + MEMBER_TIMEOUT_MARGIN + Duration::from_secs(20))
+            .build()
+            .unwrap(),
+        url: gw.url(VS),
+        token: &token,
+    };
+    let started = std::time::Instant::now();
+    let (reply, session) = raw.initialize("2025-06-18").await;
+    let took = started.elapsed();
+    eprintln!("initialize with a silent member took {took:?} (member timeout {MEMBER_TIMEOUT:?})");
+    assert_eq!(
+        reply.json()["result"]["serverInfo"]["name"],
+        VS,
+        "{reply:?}"
+    );
+    assert!(
+        took < MEMBER_TIMEOUT + MEMBER_TIMEOUT_MARGIN,
+        "initialize took {took:?} with a member timeout of {MEMBER_TIMEOUT:?}"
+    );
+    // It did wait for the silent member, which was tried: the bound is the member timeout.
+    assert!(
+        took >= MEMBER_TIMEOUT.mul_f64(0.9),
+        "initialize took only {took:?}: the silent member was not waited for"
+    );
+    let tried = silent.accepted();
+    assert!(
+        tried >= 1,
+        "the filter never connected to the silent member"
+    );
+
+    let reply = raw
+        .post(
+            Some(&session),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "add", "arguments": {"a": 1, "b": 2}}}),
+        )
+        .await;
+    let v = reply.json();
+    assert_eq!(v["id"], 2, "{reply:?}");
+    assert_member_unavailable(&v["error"], "silent", "raw");
+    assert_eq!(
+        silent.accepted(),
+        tried,
+        "the failed member was tried again within its session"
+    );
+    let reply = raw
+        .post(Some(&session), call(3, "echo", "still here"))
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.json()["result"]["content"][0]["text"],
+        "still here",
+        "{reply:?}"
+    );
+    let member_session = assert_one_member_session(&since(&stateful, s0), "2025-06-18", "raw");
+    eprintln!("the stateful member's session: {member_session}");
+
+    // An official client sees the same: it connects within the bound, one tool fails naming
+    // its server, the other works.
+    let mut echoes = vec!["echo"];
+    if tools::python().is_some() {
+        let doc = python_client(
+            &gw.url(VS),
+            &json!([
+                {"op": "call_tool", "name": "add", "arguments": {"a": 1, "b": 2}},
+                {"op": "call_tool", "name": "echo", "arguments": {"message": "py"}},
+            ]),
+            &[
+                "--mode",
+                "legacy",
+                "--header",
+                &format!("Authorization: Bearer {token}"),
+            ],
+        )
+        .await
+        .unwrap();
+        let what = "python, silent member";
+        assert_eq!(doc["connected"], true, "{what}: {doc:#}");
+        let connect = doc["connect_elapsed_s"].as_f64().unwrap_or(f64::MAX);
+        eprintln!("{what}: connecting took {connect:.3} s");
+        assert!(
+            connect < (MEMBER_TIMEOUT + MEMBER_TIMEOUT_MARGIN).as_secs_f64(),
+            "{what}: connecting took {connect} s"
+        );
+        assert_member_unavailable(py_err(&doc, 0, what), "silent", what);
+        assert_eq!(py_ok(&doc, 1, what)["content"][0]["text"], "py", "{what}");
+        echoes.push("echo");
+    }
+    assert_eq!(stateful.calls(), echoes);
+    drop(silent);
+    gw.stop().await;
+}
+
+/// `logging/setLevel` reaches the first member that declares `logging` (here the second member,
+/// the conformance fixture server; the test server does not log), with that member's own
+/// session, and no other member; the virtual server declares `logging`. A virtual server none
+/// of whose members logs answers it itself (`{}`) and does not declare `logging`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_set_level_reaches_the_member_that_declares_logging() {
+    const LOGS: &str = "logs";
+    const QUIET: &str = "quiet";
+    let plain = spawn(TestServerConfig::stateless_json()).await.unwrap();
+    let stateful = spawn(TestServerConfig::default()).await.unwrap();
+    let logging = toolmesh_e2e::test_servers::conformance::spawn()
+        .await
+        .unwrap();
+    let Some(gw) = Gateway::builder("fed-logging")
+        .mcp_server("plain", &plain.url())
+        .mcp_server("stateful", &stateful.url())
+        .mcp_server("fixtures", &logging.url())
+        .virtual_server(json!({"name": LOGS, "tools": [
+            {"mcp_server": "plain", "tool": "echo"},
+            {"mcp_server": "fixtures", "tool": "test_simple_text"},
+        ]}))
+        .virtual_server(json!({"name": QUIET, "tools": [
+            {"mcp_server": "plain", "tool": "echo"},
+            {"mcp_server": "stateful", "tool": "slow"},
+        ]}))
+        .start()
+        .await
+    else {
+        return;
+    };
+    let token = gw.token("agent", &[LOGS, QUIET]).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let set_level = |id: u64, level: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "logging/setLevel",
+            "params": {"level": level}})
+    };
+
+    let (p0, s0, l0) = (
+        plain.requests().len(),
+        stateful.requests().len(),
+        logging.requests().len(),
+    );
+    let logs = Raw {
+        client: client.clone(),
+        url: gw.url(LOGS),
+        token: &token,
+    };
+    let (reply, session) = logs.initialize("2025-11-25").await;
+    let caps = &reply.json()["result"]["capabilities"];
+    assert!(caps["logging"].is_object(), "{caps}");
+    let reply = logs.post(Some(&session), set_level(2, "warning")).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let v = reply.json();
+    assert_eq!(v["id"], 2, "{v}");
+    assert_eq!(v["result"], json!({}), "{v}");
+    let at_fixtures = since_conformance(&logging, l0);
+    let member_session = assert_one_member_session(&at_fixtures, "2025-11-25", "logs");
+    let levels = params_of(&at_fixtures, "logging/setLevel");
+    assert_eq!(levels, [json!({"level": "warning"})], "{at_fixtures:#?}");
+    let reached: Vec<_> = at_fixtures
+        .iter()
+        .filter(|r| rpc_method(r) == "logging/setLevel")
+        .collect();
+    assert_eq!(
+        reached[0].header("mcp-session-id"),
+        Some(member_session.as_str())
+    );
+    assert!(
+        params_of(&since(&plain, p0), "logging/setLevel").is_empty(),
+        "{:#?}",
+        since(&plain, p0)
+    );
+
+    // No member logs: answered by the filter, nothing forwarded.
+    let quiet = Raw {
+        client,
+        url: gw.url(QUIET),
+        token: &token,
+    };
+    let (reply, session) = quiet.initialize("2025-11-25").await;
+    let caps = &reply.json()["result"]["capabilities"];
+    assert!(caps.get("logging").is_none(), "{caps}");
+    let reply = quiet.post(Some(&session), set_level(3, "debug")).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let v = reply.json();
+    assert_eq!(v["id"], 3, "{v}");
+    assert_eq!(v["result"], json!({}), "{v}");
+    for (name, seen) in [
+        ("plain", since(&plain, p0)),
+        ("stateful", since(&stateful, s0)),
+    ] {
+        assert!(
+            params_of(&seen, "logging/setLevel").is_empty(),
+            "{name}: {seen:#?}"
+        );
+    }
+    gw.stop().await;
+}
+
+/// The requests the conformance fixture server received since it had received `since`.
+fn since_conformance(
+    server: &toolmesh_e2e::test_servers::conformance::RunningConformanceServer,
+    since: usize,
+) -> Vec<RecordedRequest> {
+    server.requests().into_iter().skip(since).collect()
 }
