@@ -13,7 +13,7 @@
 //! warnings do not count as failures there; here a warning is not a pass (a gateway that breaks
 //! SSE resumption shows up only as a warning in `server-sse-polling`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -174,10 +174,57 @@ impl SuiteReport {
     pub fn outcome(&self, scenario: &str) -> Option<&Outcome> {
         self.outcomes.get(scenario)
     }
+
+    /// The ids of the checks of `scenario` that succeeded.
+    pub fn succeeded_checks(&self, scenario: &str) -> BTreeSet<String> {
+        self.checks
+            .get(scenario)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.status == "SUCCESS")
+            .map(|c| c.id.clone())
+            .collect()
+    }
+}
+
+/// The checks (scenario, check id) that succeeded in `base` but not in `through`, in scenarios
+/// that passed in both: what a proxy made the suite skip as "not applicable" (`INFO`) without
+/// failing the scenario.
+pub fn weakened_checks(base: &SuiteReport, through: &SuiteReport) -> BTreeSet<(String, String)> {
+    let mut weakened = BTreeSet::new();
+    for scenario in base.passed() {
+        if !through.outcome(&scenario).is_some_and(Outcome::is_pass) {
+            continue;
+        }
+        let kept = through.succeeded_checks(&scenario);
+        for check in base.succeeded_checks(&scenario) {
+            if !kept.contains(&check) {
+                weakened.insert((scenario.clone(), check));
+            }
+        }
+    }
+    weakened
+}
+
+/// The label of `scenario` in `report` for a table whose first column is `base`: `pass*` when it
+/// passes with a check that succeeded in `base` no longer succeeding ([`weakened_checks`]).
+fn label(base: &SuiteReport, report: &SuiteReport, scenario: &str) -> &'static str {
+    match report.outcome(scenario) {
+        None => "-",
+        Some(o) if o.is_pass() => {
+            let weakened = base.outcome(scenario).is_some_and(Outcome::is_pass)
+                && !base
+                    .succeeded_checks(scenario)
+                    .is_subset(&report.succeeded_checks(scenario));
+            if weakened { "pass*" } else { "pass" }
+        }
+        Some(o) => o.label(),
+    }
 }
 
 /// Renders a table of scenarios by column (e.g. `direct`, `envoy`, `filter`), one row each, in
-/// the order of the first report, then why each scenario that did not pass failed.
+/// the order of the first report, then why each scenario that did not pass failed. `pass*`: the
+/// scenario passed, but a check that succeeded in the first column did not.
 pub fn table(columns: &[(&str, &SuiteReport)]) -> String {
     let Some((_, first)) = columns.first() else {
         return String::new();
@@ -192,10 +239,17 @@ pub fn table(columns: &[(&str, &SuiteReport)]) -> String {
     for scenario in first.outcomes.keys() {
         out.push_str(&format!("{scenario:width$}"));
         for ((_, report), w) in columns.iter().zip(&widths) {
-            let label = report.outcome(scenario).map_or("-", Outcome::label);
+            let label = label(first, report, scenario);
             out.push_str(&format!(" | {label:>w$}"));
         }
         out.push('\n');
+    }
+    for (name, report) in &columns[1..] {
+        for (scenario, check) in weakened_checks(first, report) {
+            out.push_str(&format!(
+                "{name}: {scenario}: pass*: {check} no longer succeeds\n"
+            ));
+        }
     }
     for (name, report) in columns {
         for (scenario, outcome) in report.not_passed() {
@@ -224,7 +278,7 @@ pub fn markdown_table(columns: &[(&str, &SuiteReport)]) -> String {
     for scenario in first.outcomes.keys() {
         out.push_str(&format!("| `{scenario}` |"));
         for (_, report) in columns {
-            let label = report.outcome(scenario).map_or("-", Outcome::label);
+            let label = label(first, report, scenario);
             out.push_str(&format!(" {label} |"));
         }
         out.push('\n');

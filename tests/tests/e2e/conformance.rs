@@ -386,35 +386,6 @@ fn multi_member_mismatches(direct: &SuiteReport, through: &SuiteReport) -> Vec<S
     wrong
 }
 
-/// The checks of `scenario` that succeeded in `report`.
-fn succeeded_checks(report: &SuiteReport, scenario: &str) -> BTreeSet<String> {
-    report
-        .checks
-        .get(scenario)
-        .into_iter()
-        .flatten()
-        .filter(|c| c.status == "SUCCESS")
-        .map(|c| c.id.clone())
-        .collect()
-}
-
-/// The checks that succeeded directly but not `through`, in scenarios that passed both ways.
-fn weakened_checks(direct: &SuiteReport, through: &SuiteReport) -> BTreeSet<(String, String)> {
-    let mut weakened = BTreeSet::new();
-    for scenario in direct.passed() {
-        if !through.outcome(&scenario).is_some_and(|o| o.is_pass()) {
-            continue;
-        }
-        let kept = succeeded_checks(through, &scenario);
-        for check in succeeded_checks(direct, &scenario) {
-            if !kept.contains(&check) {
-                weakened.insert((scenario.clone(), check));
-            }
-        }
-    }
-    weakened
-}
-
 /// THROUGH THE REAL PRODUCT PATH: the fixture server registered in the catalog over REST (its
 /// definitions and capabilities come from discovery), and two virtual servers created over
 /// REST: `conformance` with every fixture (single member) and `federated` with every fixture
@@ -460,8 +431,8 @@ async fn every_direct_pass_also_passes_through_virtual_servers_from_the_catalog(
         .filter(|s| !single.outcome(s).is_some_and(|o| o.is_pass()))
         .collect();
     let mut mismatches = multi_member_mismatches(&direct, &two);
-    let single_weakened = weakened_checks(&direct, &single);
-    let two_weakened = weakened_checks(&direct, &two);
+    let single_weakened = conformance::weakened_checks(&direct, &single);
+    let two_weakened = conformance::weakened_checks(&direct, &two);
     let listed = |lists: &[&[(&str, &str, &str)]]| -> BTreeSet<(String, String)> {
         lists
             .iter()
