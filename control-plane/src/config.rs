@@ -101,8 +101,8 @@ pub struct ServeConfig {
     )]
     pub upstream_ca_file: PathBuf,
     /// Envoy's access log of the MCP listener: `stdout` (one JSON object per request on Envoy's
-    /// standard output: time, method, path, status, duration, upstream cluster, virtual server,
-    /// MCP method, tool, outcome, caller token id) or `off`.
+    /// standard output: time, method, path, status, duration, upstream cluster, the filter's
+    /// `<virtual server> <method> <mcp_server>/<tool> <outcome>`, caller token id) or `off`.
     #[arg(long, env = "TOOLMESH_ACCESS_LOG", default_value = "stdout")]
     pub access_log: toolmesh_xds::AccessLog,
     /// Items per page of the lists the filter answers itself (`tools/list`, `prompts/list`,

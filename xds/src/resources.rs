@@ -14,9 +14,9 @@
 //!   `stream_idle_timeout`, because MCP calls and SSE streams are long-lived; a per-connection
 //!   buffer limit big enough for the policy's body limit. HTTP filters: `jwt_authn` (when the
 //!   policy has token checks), `toolmesh`, both through ECDS, then the router. An access log
-//!   (unless turned off): one JSON object per request on Envoy's stdout naming the virtual
-//!   server, MCP method, tool and outcome from the filter's filter state, and the caller's token
-//!   id from `jwt_authn`'s metadata ([`ACCESS_LOG_FORMAT`]).
+//!   (unless turned off): one JSON object per request on Envoy's stdout with the filter's
+//!   `<virtual server> <method> <mcp_server>/<tool> <outcome>` (its filter state) and the
+//!   caller's token id from `jwt_authn`'s metadata ([`ACCESS_LOG_FORMAT`]).
 //! - **ECDS `envoy.filters.http.jwt_authn`** (when `policy.auth` is set): verifies bearer tokens
 //!   against the JWKS from the policy, with `allow_missing_or_failed`, so it never answers by
 //!   itself: it writes the verified payload (or why verification failed) into dynamic metadata
@@ -127,13 +127,13 @@ pub const XDS_CLUSTER_NAME: &str = "xds_cluster";
 /// Body of the 404 answered for a request the filter did not route.
 pub const NOT_FOUND_BODY: &str = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32601,"message":"no such endpoint; MCP endpoints are /servers/{name}/mcp"}}"#;
 
-/// The MCP listener's access log line: JSON keys and Envoy command operators. The toolmesh
-/// filter sets the `wasm.toolmesh.*` filter state on every request it parses (`outcome`: `ok`,
-/// `error`, `forwarded`, `local`, `denied.<reason>`, or `pending` when the stream ended before
-/// the call's outcome was known); `caller` is the verified token's `jti` from `jwt_authn`'s
-/// payload metadata (absent without a valid token). A missing value is `null`. `path` is the
-/// request path as sent upstream (the filter rewrites `/servers/{vs}/mcp` to the member's path;
-/// the endpoint is named by `virtual_server`).
+/// The MCP listener's access log line: JSON keys and Envoy command operators. `toolmesh` is the
+/// filter state the toolmesh filter sets on every request it handles: four space-separated
+/// fields `<virtual server> <method> <mcp_server>/<tool> <outcome>` (`-` when absent; outcome
+/// `ok`, `error`, `forwarded`, `local` or `denied.<reason>`; see `filter/README.md`). `caller`
+/// is the verified token's `jti` from `jwt_authn`'s payload metadata. A missing value is `null`.
+/// `path` is the request path as sent upstream (the filter rewrites `/servers/{vs}/mcp` to the
+/// member's path for forwarded requests).
 pub const ACCESS_LOG_FORMAT: &[(&str, &str)] = &[
     ("start_time", "%START_TIME%"),
     ("method", "%REQ(:METHOD)%"),
@@ -146,10 +146,7 @@ pub const ACCESS_LOG_FORMAT: &[(&str, &str)] = &[
     ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
     ("client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
     ("request_id", "%REQ(X-REQUEST-ID)%"),
-    ("virtual_server", "%FILTER_STATE(wasm.toolmesh.vs:PLAIN)%"),
-    ("mcp_method", "%FILTER_STATE(wasm.toolmesh.method:PLAIN)%"),
-    ("tool", "%FILTER_STATE(wasm.toolmesh.tool:PLAIN)%"),
-    ("outcome", "%FILTER_STATE(wasm.toolmesh.outcome:PLAIN)%"),
+    ("toolmesh", "%FILTER_STATE(wasm.toolmesh:PLAIN)%"),
     (
         "caller",
         "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:toolmesh_payload:jti)%",

@@ -143,7 +143,7 @@ fn access_log_fields(h: &HttpConnectionManager) -> BTreeMap<String, String> {
 }
 
 #[test]
-fn requests_are_logged_as_json_naming_virtual_server_tool_outcome_and_caller() {
+fn requests_are_logged_as_json_with_the_filters_facts_and_the_caller() {
     let s = build_snapshot(&model(), &settings()).unwrap();
     let (_, h) = hcm(&s);
     let fields = access_log_fields(&h);
@@ -154,10 +154,8 @@ fn requests_are_logged_as_json_naming_virtual_server_tool_outcome_and_caller() {
         ("response_code", "%RESPONSE_CODE%"),
         ("duration_ms", "%DURATION%"),
         ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
-        ("virtual_server", "%FILTER_STATE(wasm.toolmesh.vs:PLAIN)%"),
-        ("mcp_method", "%FILTER_STATE(wasm.toolmesh.method:PLAIN)%"),
-        ("tool", "%FILTER_STATE(wasm.toolmesh.tool:PLAIN)%"),
-        ("outcome", "%FILTER_STATE(wasm.toolmesh.outcome:PLAIN)%"),
+        // `<virtual server> <method> <mcp_server>/<tool> <outcome>`, set by the filter.
+        ("toolmesh", "%FILTER_STATE(wasm.toolmesh:PLAIN)%"),
         (
             "caller",
             "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:toolmesh_payload:jti)%",
