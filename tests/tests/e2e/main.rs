@@ -11,4 +11,5 @@ mod openapi_fuzz;
 mod stats_tags;
 mod tokens;
 mod usage;
+mod usage_tokens;
 mod xds;
