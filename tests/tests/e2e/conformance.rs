@@ -233,8 +233,8 @@ async fn every_direct_pass_also_passes_through_bare_envoy() {
 /// response; `server-sse-polling` needs `Last-Event-ID` on a GET to reach the same upstream
 /// session; `server-sse-multiple-streams` sends raw POSTs with `mcp-protocol-version:
 /// 2025-03-26`; `dns-rebinding-protection` POSTs `initialize` with `Host`/`Origin:
-/// evil.example.com` and wants a 4xx (today the upstream refuses it, because Envoy forwards the
-/// client's `Host`; once the filter answers `initialize` itself, the filter must refuse it).
+/// evil.example.com` and wants a 4xx (the filter answers `initialize` itself, so it is the
+/// filter's Host/Origin check that refuses it, with 403).
 ///
 /// Run alone with `cargo test -p toolmesh-e2e --test e2e conformance::through_the_toolmesh_filter --
 /// --nocapture` to see the scenario table.
