@@ -197,38 +197,18 @@ fn add_tool_metric(
     labels: &BTreeMap<&str, &str>,
     metric: &Metric,
 ) {
-    let Some((stat, names)) = segments.split_last() else {
-        return;
-    };
-    let mut names = names.iter();
-    let mut part = |label: &str| -> Option<String> {
-        match labels.get(label) {
-            Some(v) => Some((*v).to_string()),
-            None => names.next().map(|s| (*s).to_string()),
-        }
-    };
-    let (Some(virtual_server), Some(mcp_server), Some(tool)) =
-        (part("virtual_server"), part("mcp_server"), part("tool"))
+    let Some((stat, [virtual_server, mcp_server, tool])) =
+        named_parts(segments, labels, ["virtual_server", "mcp_server", "tool"])
     else {
         return;
     };
-    if names.next().is_some() {
-        // More segments than names: not a stat this build understands.
-        return;
-    }
     let key = ToolKey {
         virtual_server,
         mcp_server,
         tool,
     };
-    let counter = || {
-        metric
-            .counter
-            .as_ref()
-            .and_then(|c| c.value)
-            .map_or(0, count)
-    };
-    match *stat {
+    let counter = || counter_value(metric);
+    match stat {
         "calls" => add_count(batch, key, counter(), |d| &mut d.calls),
         "errors" => add_count(batch, key, counter(), |d| &mut d.errors),
         "denied" => add_count(batch, key, counter(), |d| &mut d.denied),
@@ -302,11 +282,7 @@ fn add_vs_metric(
     if rest.next().is_some() {
         return;
     }
-    let n = metric
-        .counter
-        .as_ref()
-        .and_then(|c| c.value)
-        .map_or(0, count);
+    let n = counter_value(metric);
     if n > 0 {
         *batch
             .vs
@@ -327,27 +303,12 @@ fn add_caller_metric(
     labels: &BTreeMap<&str, &str>,
     metric: &Metric,
 ) {
-    let Some((stat, names)) = segments.split_last() else {
+    let Some((stat, [virtual_server, token])) =
+        named_parts(segments, labels, ["virtual_server", "token"])
+    else {
         return;
     };
-    let mut names = names.iter();
-    let mut part = |label: &str| -> Option<String> {
-        match labels.get(label) {
-            Some(v) => Some((*v).to_string()),
-            None => names.next().map(|s| (*s).to_string()),
-        }
-    };
-    let (Some(virtual_server), Some(token)) = (part("virtual_server"), part("token")) else {
-        return;
-    };
-    if names.next().is_some() {
-        return;
-    }
-    let n = metric
-        .counter
-        .as_ref()
-        .and_then(|c| c.value)
-        .map_or(0, count);
+    let n = counter_value(metric);
     if n == 0 {
         return;
     }
@@ -358,12 +319,41 @@ fn add_caller_metric(
             token,
         })
         .or_default();
-    match *stat {
+    match stat {
         "calls" => d.calls += n,
         "errors" => d.errors += n,
         "denied" => d.denied += n,
         _ => {}
     }
+}
+
+/// `<name>…<stat>`: the last segment is the stat; each of `names` comes from its label when
+/// tagged, otherwise from the next of the other segments. `None` when a name is missing or
+/// segments are left over (not a stat this build understands).
+fn named_parts<'a, const N: usize>(
+    segments: &[&'a str],
+    labels: &BTreeMap<&str, &str>,
+    names: [&str; N],
+) -> Option<(&'a str, [String; N])> {
+    let (stat, rest) = segments.split_last()?;
+    let mut rest = rest.iter();
+    let mut out: [String; N] = std::array::from_fn(|_| String::new());
+    for (slot, label) in out.iter_mut().zip(names) {
+        *slot = match labels.get(label) {
+            Some(v) => (*v).to_string(),
+            None => (*rest.next()?).to_string(),
+        };
+    }
+    rest.next().is_none().then_some((*stat, out))
+}
+
+/// A counter's value as a count (0 for a metric without one).
+fn counter_value(metric: &Metric) -> u64 {
+    metric
+        .counter
+        .as_ref()
+        .and_then(|c| c.value)
+        .map_or(0, count)
 }
 
 /// A counter value as a count (Envoy sends whole numbers as doubles).

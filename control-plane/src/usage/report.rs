@@ -256,22 +256,16 @@ pub fn token_usage(totals: &[TokenTotals], names: &[(String, String)]) -> Vec<To
 /// server and token.
 pub fn sort_tokens(rows: &mut [TokenUsage], key: TokenSortKey, descending: bool) {
     rows.sort_by(|a, b| {
-        let f = |r: &TokenUsage| -> Option<i64> {
+        let f = |r: &TokenUsage| -> Option<f64> {
             match key {
-                TokenSortKey::Calls => Some(r.calls as i64),
-                TokenSortKey::Errors => Some(r.errors as i64),
-                TokenSortKey::Denied => Some(r.denied as i64),
-                TokenSortKey::LastSeen => r.last_seen.map(|t| t.timestamp()),
+                TokenSortKey::Calls => Some(r.calls as f64),
+                TokenSortKey::Errors => Some(r.errors as f64),
+                TokenSortKey::Denied => Some(r.denied as f64),
+                TokenSortKey::LastSeen => r.last_seen.map(|t| t.timestamp() as f64),
             }
         };
-        let by = match (f(a), f(b)) {
-            (Some(x), Some(y)) if descending => y.cmp(&x),
-            (Some(x), Some(y)) => x.cmp(&y),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => std::cmp::Ordering::Equal,
-        };
-        by.then_with(|| (&a.virtual_server, &a.token).cmp(&(&b.virtual_server, &b.token)))
+        by_value(f(a), f(b), descending)
+            .then_with(|| (&a.virtual_server, &a.token).cmp(&(&b.virtual_server, &b.token)))
     });
 }
 
@@ -341,6 +335,19 @@ fn last_called(t: &ToolTotals) -> Option<i64> {
     t.last_call_ts.or(t.last_active_end)
 }
 
+/// Order two sort values: by value in the given direction, a missing value last either way.
+fn by_value(x: Option<f64>, y: Option<f64>, descending: bool) -> std::cmp::Ordering {
+    match (x, y) {
+        (Some(x), Some(y)) => {
+            let o = x.total_cmp(&y);
+            if descending { o.reverse() } else { o }
+        }
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    }
+}
+
 /// Sort tool rows; `None` values (no latency, never called) go last in either order, ties by
 /// name.
 pub fn sort_tools(rows: &mut [ToolUsage], key: SortKey, descending: bool) {
@@ -350,15 +357,7 @@ pub fn sort_tools(rows: &mut [ToolUsage], key: SortKey, descending: bool) {
             &b.mcp_server,
             &b.tool,
         ));
-        let by = |x: Option<f64>, y: Option<f64>| match (x, y) {
-            (Some(x), Some(y)) => {
-                let o = x.total_cmp(&y);
-                if descending { o.reverse() } else { o }
-            }
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => std::cmp::Ordering::Equal,
-        };
+        let by = |x, y| by_value(x, y, descending);
         let f = |r: &ToolUsage| -> Option<f64> {
             match key {
                 SortKey::Calls => Some(r.calls as f64),
