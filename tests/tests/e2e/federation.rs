@@ -22,6 +22,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use toolmesh_e2e::clients::{item_names as names, py_err, py_ok, ts_ok};
 use toolmesh_e2e::gateway::Gateway;
 use toolmesh_e2e::test_servers::{RecordedRequest, RunningServer, TestServerConfig, spawn};
 use toolmesh_e2e::{python_client, results, tools, ts_client};
@@ -131,15 +132,6 @@ impl Fed {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn names(items: &Value, key: &str) -> Vec<String> {
-    items
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {items:#}"))
-        .iter()
-        .map(|i| i[key].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
 /// `names`, sorted, and checked to have no duplicates.
 fn name_set(items: &Value, key: &str) -> Vec<String> {
     let all = names(items, key);
@@ -157,36 +149,6 @@ fn sorted(items: &[&str]) -> Vec<String> {
 /// Number of pages `n` items take.
 fn pages(n: usize) -> usize {
     n.div_ceil(PAGE_SIZE as usize)
-}
-
-/// Python client: the result of operation `i`, which must have succeeded.
-fn py_ok<'a>(doc: &'a Value, i: usize, what: &str) -> &'a Value {
-    let r = &results(doc)[i];
-    assert_eq!(
-        r["ok"], true,
-        "{what}: operation {i} failed: {r:#}\n{doc:#}"
-    );
-    &r["result"]
-}
-
-/// Python client: the error of operation `i`, which must have failed.
-fn py_err<'a>(doc: &'a Value, i: usize, what: &str) -> &'a Value {
-    let r = &results(doc)[i];
-    assert_eq!(
-        r["ok"], false,
-        "{what}: operation {i} should have failed: {r:#}"
-    );
-    &r["error"]
-}
-
-/// TypeScript client: the value of operation `i`, which must have succeeded.
-fn ts_ok<'a>(doc: &'a Value, i: usize, what: &str) -> &'a Value {
-    let r = &results(doc)[i];
-    assert_eq!(
-        r["ok"], true,
-        "{what}: operation {i} failed: {r:#}\n{doc:#}"
-    );
-    &r["value"]
 }
 
 /// The requests `server` received since it had received `since`.
