@@ -121,16 +121,31 @@ fn filter(
     }
 }
 
-/// `order`: descending unless `asc`.
-fn descending(q: &Query) -> Result<bool, ApiError> {
-    match q.str("order").as_deref() {
-        None | Some("desc") => Ok(true),
-        Some("asc") => Ok(false),
-        Some(o) => Err(ApiError::query(
-            "order",
-            format!("order: expected asc or desc, got {o:?}"),
-        )),
-    }
+/// `sort` (parsed by `parse`, `default` when absent; `names` lists the accepted values) and
+/// `order` (descending unless `asc`).
+fn sorting<K>(
+    q: &Query,
+    default: K,
+    parse: fn(&str) -> Option<K>,
+    names: &str,
+) -> Result<(K, bool), ApiError> {
+    let key = match q.str("sort") {
+        None => default,
+        Some(s) => parse(&s).ok_or_else(|| {
+            ApiError::query("sort", format!("sort: expected one of {names}, got {s:?}"))
+        })?,
+    };
+    let descending = match q.str("order").as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(o) => {
+            return Err(ApiError::query(
+                "order",
+                format!("order: expected asc or desc, got {o:?}"),
+            ));
+        }
+    };
+    Ok((key, descending))
 }
 
 /// Calls, errors, denials, latency percentiles and last call per tool, summed over every Envoy.
@@ -156,16 +171,7 @@ pub(super) async fn tools(
         "order",
     ])?;
     let (since, until) = window(&q)?;
-    let sort = match q.str("sort") {
-        None => SortKey::Calls,
-        Some(s) => SortKey::parse(&s).ok_or_else(|| {
-            ApiError::query(
-                "sort",
-                format!("sort: expected one of {}, got {s:?}", SortKey::NAMES),
-            )
-        })?,
-    };
-    let descending = descending(&q)?;
+    let (sort, descending) = sorting(&q, SortKey::Calls, SortKey::parse, SortKey::NAMES)?;
     let usage = usage(&state)?;
     let totals = usage
         .store
@@ -235,16 +241,12 @@ pub(super) async fn tokens(
 ) -> Result<Json<TokenUsageList>, ApiError> {
     q.check(&["since", "until", "virtual_server", "token", "sort", "order"])?;
     let (since, until) = window(&q)?;
-    let sort = match q.str("sort") {
-        None => TokenSortKey::Calls,
-        Some(s) => TokenSortKey::parse(&s).ok_or_else(|| {
-            ApiError::query(
-                "sort",
-                format!("sort: expected one of {}, got {s:?}", TokenSortKey::NAMES),
-            )
-        })?,
-    };
-    let descending = descending(&q)?;
+    let (sort, descending) = sorting(
+        &q,
+        TokenSortKey::Calls,
+        TokenSortKey::parse,
+        TokenSortKey::NAMES,
+    )?;
     let usage = usage(&state)?;
     let totals = usage
         .store
