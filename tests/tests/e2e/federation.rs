@@ -1436,3 +1436,63 @@ fn since_conformance(
 ) -> Vec<RecordedRequest> {
     server.requests().into_iter().skip(since).collect()
 }
+
+/// No session store: a session opened through one Envoy is served by another. Two Envoys share
+/// the MCP port (the kernel spreads new connections between them); one `initialize`, then
+/// calls each on a new connection, all with the same session id: every call works, both Envoys
+/// served some, and the stateful member saw every call on the one session the filter opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_envoy_serves_a_session_another_envoy_opened() {
+    let Some(fed) = Fed::start("fed-replica-1").await else {
+        return;
+    };
+    let second = fed.gw.start_envoy("fed-replica-2").await;
+    fed.gw.wait_in_sync(2).await;
+    let raw = Raw {
+        // No connection reuse: each request is a new connection the kernel may give either.
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        url: fed.url(),
+        token: &fed.token,
+    };
+    let s0 = fed.stateful.requests().len();
+    let (_, session) = raw.initialize("2025-11-25").await;
+    let calls = 24;
+    for i in 0..calls {
+        let reply = raw
+            .post(
+                Some(&session),
+                call(100 + i, "stateful__echo", &format!("m{i}")),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "call {i}: {reply:?}");
+        assert_eq!(
+            reply.json()["result"]["content"][0]["text"],
+            format!("m{i}"),
+            "call {i}: {reply:?}"
+        );
+    }
+    const RQ: &str = "wasmcustom.toolmesh.vs.fed.rq.tools_call";
+    let first = fed.gw.envoy().stat(RQ).await.unwrap_or(0);
+    let other = second.stat(RQ).await.unwrap_or(0);
+    eprintln!("calls served: replica 1 {first}, replica 2 {other}");
+    assert_eq!(first + other, calls, "every call counted by one Envoy");
+    assert!(
+        first > 0 && other > 0,
+        "both Envoys served the session: {first} and {other}"
+    );
+    let stateful = since(&fed.stateful, s0);
+    let sessions: std::collections::BTreeSet<&str> = stateful
+        .iter()
+        .filter(|r| rpc_method(r) == "tools/call")
+        .filter_map(|r| r.header("mcp-session-id"))
+        .collect();
+    assert_eq!(
+        sessions.len(),
+        1,
+        "one member session for every call: {sessions:?}"
+    );
+}
