@@ -239,16 +239,6 @@ impl Callers {
     }
 }
 
-/// Whether `id` is a token id the policy accepts as a caller (the snapshot's rule: 1-64
-/// characters of `[A-Za-z0-9_-]`; every id toolmesh issues is).
-fn caller_id_ok(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 /// Pick the callers of each of `virtual_servers` from `live` (tokens neither revoked nor
 /// expired, newest first as [`Store::live_tokens`] returns them), at most `limit` each.
 pub fn callers(virtual_servers: &[&str], live: &[TokenRecord], limit: usize) -> Callers {
@@ -265,7 +255,7 @@ pub fn callers(virtual_servers: &[&str], live: &[TokenRecord], limit: usize) -> 
                 .iter()
                 .any(|v| v == vs || v == ALL_VIRTUAL_SERVERS);
             // Ids are unique (the tokens table says so).
-            if opens && caller_id_ok(&t.token.id) {
+            if opens && toolmesh_proto::is_caller_id(&t.token.id) {
                 picked.push(t);
             }
         }

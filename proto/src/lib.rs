@@ -370,6 +370,15 @@ pub fn is_slug(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
+/// Can `s` be listed as a caller (a token id in `VirtualServer::callers`): 1-64 characters of
+/// `A-Za-z0-9_-`, so it is one Envoy stat name segment.
+pub fn is_caller_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Is `s` a valid MCP tool or prompt name.
 ///
 /// The MCP specification (2025-11-25, "Tool names") says names SHOULD be 1-128 characters of
@@ -525,11 +534,7 @@ impl PolicySnapshot {
             vs.validate(i)?;
             let mut seen = std::collections::HashSet::new();
             for (j, c) in vs.callers.iter().enumerate() {
-                let ok = !c.is_empty()
-                    && c.len() <= 64
-                    && c.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                if !ok || !seen.insert(c.as_str()) {
+                if !is_caller_id(c) || !seen.insert(c.as_str()) {
                     return Err(PolicyError::Invalid {
                         field: format!("virtual_servers[{i}].callers[{j}]"),
                         reason: format!(
