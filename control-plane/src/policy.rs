@@ -155,6 +155,7 @@ pub fn compile_policy(dump: &CatalogDump) -> PolicySnapshot {
         snapshot.virtual_servers.push(VirtualServer {
             name: vs.name.clone(),
             callers: Vec::new(),
+            stale_tokens: Vec::new(),
             members,
         });
     }
@@ -254,15 +255,18 @@ pub async fn gateway_model_with(
         .iter()
         .map(|v| v.name.as_str())
         .collect();
-    let callers = crate::tokens::callers_now(
-        store,
-        &names,
-        settings.caller_stats_limit,
-        chrono::Utc::now(),
-    )
-    .await?;
+    let live = store.live_tokens(chrono::Utc::now()).await?;
+    let callers = crate::tokens::callers(&names, &live, settings.caller_stats_limit);
+    let created: BTreeMap<&str, chrono::DateTime<chrono::Utc>> = dump
+        .virtual_servers
+        .iter()
+        .map(|v| (v.name.as_str(), v.created_at))
+        .collect();
     for vs in &mut policy.virtual_servers {
         vs.callers = callers.of(&vs.name);
+        if let Some(created_at) = created.get(vs.name.as_str()) {
+            vs.stale_tokens = crate::tokens::stale_tokens(&vs.name, *created_at, &live);
+        }
     }
     Ok(GatewayModel {
         version: dump.version as u64,

@@ -274,21 +274,21 @@ pub fn callers(virtual_servers: &[&str], live: &[TokenRecord], limit: usize) -> 
     out
 }
 
-/// The callers of every virtual server in `virtual_servers` as of `now` (see [`callers`]).
-pub async fn callers_now(
-    store: &Store,
-    virtual_servers: &[&str],
-    limit: usize,
-    now: DateTime<Utc>,
-) -> Result<Callers, StoreError> {
-    if limit == 0 {
-        return Ok(Callers::default());
-    }
-    Ok(callers(
-        virtual_servers,
-        &store.live_tokens(now).await?,
-        limit,
-    ))
+/// Tokens among `live` that name virtual server `vs` explicitly but were issued before it was
+/// created at `created_at`: they were meant for an earlier virtual server of that name, deleted
+/// since, and must not open this one (`VirtualServer.stale_tokens`). Tokens for `*` are not
+/// stale: they open every virtual server, later ones included.
+pub fn stale_tokens(vs: &str, created_at: DateTime<Utc>, live: &[TokenRecord]) -> Vec<String> {
+    live.iter()
+        .filter(|t| {
+            // Tokens record their issue time in whole seconds (the JWT's `iat`): a token
+            // issued in the same second as the virtual server is given the benefit of the doubt.
+            t.token.created_at.timestamp() < created_at.timestamp()
+                && t.token.virtual_servers.iter().any(|v| v == vs)
+        })
+        .map(|t| t.token.id.clone())
+        .filter(|id| toolmesh_proto::is_caller_id(id))
+        .collect()
 }
 
 /// Ids of revoked tokens that may still verify (not long expired).
@@ -469,6 +469,27 @@ mod tests {
 
         // 0: nobody gets per-caller stats.
         assert_eq!(callers(&["a", "b"], &live, 0), Callers::default());
+    }
+
+    #[test]
+    fn tokens_issued_before_a_virtual_server_was_created_are_stale_there() {
+        let created = Utc::now();
+        let at = |id: &str, vs: &[&str], secs: i64| {
+            let mut r = rec(id, vs, None);
+            r.token.created_at = created + chrono::Duration::seconds(secs);
+            r
+        };
+        let live = [
+            at("tok_before", &["a", "b"], -60),
+            at("tok_after", &["a"], 60),
+            at("tok_all_before", &["*"], -60),
+            at("tok_other", &["b"], -60),
+        ];
+        assert_eq!(stale_tokens("a", created, &live), ["tok_before"]);
+        // Issued within the same second: not stale (issue times are whole seconds).
+        let same_second = [at("tok_same", &["a"], 0)];
+        assert!(stale_tokens("a", created, &same_second).is_empty());
+        assert!(stale_tokens("c", created, &live).is_empty());
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct CompiledAuth {
     public_url: String,
     anonymous: HashSet<String>,
     revoked: HashSet<String>,
+    /// (virtual server, token id): tokens issued before that virtual server was created.
+    stale: HashSet<(String, String)>,
 }
 
 /// What Envoy's `jwt_authn` left for this request, and the client's address.
@@ -78,6 +80,11 @@ impl CompiledAuth {
             public_url: auth.public_url.trim_end_matches('/').to_owned(),
             anonymous: auth.anonymous_virtual_servers.iter().cloned().collect(),
             revoked: snapshot.revoked_token_ids.iter().cloned().collect(),
+            stale: snapshot
+                .virtual_servers
+                .iter()
+                .flat_map(|v| v.stale_tokens.iter().map(|t| (v.name.clone(), t.clone())))
+                .collect(),
         })
     }
 
@@ -110,6 +117,17 @@ impl CompiledAuth {
             });
         }
         let scope = facts.virtual_servers.as_deref().unwrap_or_default();
+        if !self.stale.is_empty() && self.stale.contains(&(vs.to_owned(), jti.clone())) {
+            return Some(Refusal {
+                status: 403,
+                reason: Reason::TokenScope,
+                message: format!(
+                    "This token was issued for an earlier virtual server named '{vs}' (deleted \
+                     since); it does not open the current one: ask for a new token"
+                ),
+                www_authenticate: self.challenge(vs, Some("insufficient_scope")),
+            });
+        }
         if !scope.split_whitespace().any(|s| s == vs || s == "*") {
             let opens: Vec<&str> = scope.split_whitespace().collect();
             return Some(Refusal {
@@ -392,6 +410,41 @@ mod tests {
         assert_eq!((r.status, r.reason), (401, Reason::TokenRevoked));
         assert!(r.message.contains("tok_revoked") && r.message.contains("revoked"));
         assert!(r.www_authenticate.contains("error=\"invalid_token\""));
+    }
+
+    #[test]
+    fn tokens_for_an_earlier_virtual_server_of_the_same_name_are_refused() {
+        let mut s = PolicySnapshot::empty("1");
+        s.auth = Some(toolmesh_proto::Auth {
+            jwks: "{}".into(),
+            public_url: "https://mcp.example.com".into(),
+            anonymous_virtual_servers: vec![],
+        });
+        s.virtual_servers.push(toolmesh_proto::VirtualServer {
+            name: "team-a".into(),
+            members: vec![],
+            callers: vec![],
+            stale_tokens: vec!["tok_old".into()],
+        });
+        let a = CompiledAuth::compile(&s).unwrap();
+        let r = a
+            .check("team-a", &verified("tok_old", "team-a team-b", None), 0)
+            .unwrap();
+        assert_eq!((r.status, r.reason), (403, Reason::TokenScope));
+        assert!(
+            r.message.contains("earlier virtual server named 'team-a'"),
+            "{}",
+            r.message
+        );
+        // The same token still opens its other virtual server; a newer token opens team-a.
+        assert_eq!(
+            a.check("team-b", &verified("tok_old", "team-a team-b", None), 0),
+            None
+        );
+        assert_eq!(
+            a.check("team-a", &verified("tok_new", "team-a", None), 0),
+            None
+        );
     }
 
     #[test]

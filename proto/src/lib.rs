@@ -182,6 +182,12 @@ pub struct VirtualServer {
     /// virtual server's and tools' stats.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub callers: Vec<String>,
+    /// Token ids that name this virtual server but were issued before it was created: they
+    /// were meant for an earlier virtual server of the same name (deleted since), so they are
+    /// refused here (403) though their claim names it. Tokens for all virtual servers (`*`)
+    /// are not listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_tokens: Vec<String>,
 }
 
 /// One upstream MCP server's contribution to a virtual server.

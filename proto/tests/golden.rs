@@ -11,6 +11,7 @@ fn sample() -> PolicySnapshot {
         virtual_servers: vec![VirtualServer {
             name: "demo".into(),
             callers: Vec::new(),
+            stale_tokens: Vec::new(),
             members: vec![Member {
                 capabilities: serde_json::json!({"tools": {}, "logging": {}})
                     .as_object()

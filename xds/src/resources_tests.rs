@@ -31,6 +31,7 @@ fn model() -> GatewayModel {
     policy.virtual_servers.push(VirtualServer {
         name: "demo".into(),
         callers: Vec::new(),
+        stale_tokens: Vec::new(),
         members: vec![Member {
             tools: vec![NamedItem::new("echo", "echo")],
             ..Member::new("x", "mcp_x", "/mcp", "127.0.0.1:1")

@@ -129,6 +129,7 @@ fn large_model() -> toolmesh_xds::GatewayModel {
         policy.virtual_servers.push(VirtualServer {
             name: format!("vs-{v}"),
             callers: Vec::new(),
+            stale_tokens: Vec::new(),
             members,
         });
     }

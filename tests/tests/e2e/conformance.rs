@@ -151,6 +151,7 @@ fn conformance_policy(addr: SocketAddr) -> PolicySnapshot {
         virtual_servers: vec![VirtualServer {
             name: VIRTUAL_SERVER.into(),
             callers: Vec::new(),
+            stale_tokens: Vec::new(),
             members: vec![Member {
                 capabilities: object(fixtures::capabilities()),
                 tools: named(fixtures::tool_definitions()),

@@ -60,6 +60,7 @@ fn policy(upstream: SocketAddr, max_body_bytes: Option<u32>) -> String {
             VirtualServer {
                 name: "demo".into(),
                 callers: Vec::new(),
+                stale_tokens: Vec::new(),
                 members: vec![
                     everything()
                         .tool("echo", "echo")
@@ -74,11 +75,13 @@ fn policy(upstream: SocketAddr, max_body_bytes: Option<u32>) -> String {
             VirtualServer {
                 name: "other".into(),
                 callers: Vec::new(),
+                stale_tokens: Vec::new(),
                 members: vec![everything().tools(&["echo"]).build()],
             },
             VirtualServer {
                 name: "hollow".into(),
                 callers: Vec::new(),
+                stale_tokens: Vec::new(),
                 members: vec![],
             },
         ],

@@ -468,3 +468,65 @@ async fn rotated_keys_keep_old_tokens_valid() {
     let a = post(&c, &gw.url("team-a"), Some(&old), CALL_ECHO).await;
     assert!(a.allowed(), "the old key's token must stay valid: {a:?}");
 }
+
+/// A virtual server deleted and created again under the same name is not opened by tokens
+/// issued for the deleted one: their claim names it, but they were meant for another server.
+/// Tokens issued after the new one was created open it; the old token keeps its other virtual
+/// servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_do_not_open_a_recreated_virtual_server_of_the_same_name() {
+    let Some((gw, _upstream)) = gateway("tokens-4").await else {
+        return;
+    };
+    let (old, _) = gw
+        .cp()
+        .issue_token(&json!({"name": "before", "virtual_servers": ["team-a", "team-b"]}))
+        .await
+        .unwrap();
+    let c = client();
+    assert!(
+        post(&c, &gw.url("team-a"), Some(&old), CALL_ECHO)
+            .await
+            .allowed()
+    );
+
+    gw.cp()
+        .ok(Method::DELETE, "/v1/virtual-servers/team-a", None)
+        .await
+        .unwrap();
+    // Token issue times are whole seconds (the JWT's iat), and a token issued in the second a
+    // virtual server was created is given the benefit of the doubt: let a second pass, as it
+    // would between a deletion and someone reusing the name.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let body = json!({"name": "team-a", "description": "a different team's server",
+        "tools": [{"mcp_server": "everything", "tool": "echo"}]});
+    gw.cp()
+        .ok(Method::POST, "/v1/virtual-servers", Some(&body))
+        .await
+        .unwrap();
+    let (new, _) = gw
+        .cp()
+        .issue_token(&json!({"name": "after", "virtual_servers": ["team-a"]}))
+        .await
+        .unwrap();
+    // Poll until Envoy has the new policy (the new token opens the new server).
+    let start = Instant::now();
+    loop {
+        let a = post(&c, &gw.url("team-a"), Some(&new), CALL_ECHO).await;
+        if a.allowed() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the new token never opened the new team-a: {a:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = post(&c, &gw.url("team-a"), Some(&old), CALL_ECHO).await;
+    assert_forbidden(&a, "earlier virtual server named 'team-a'");
+    assert!(
+        post(&c, &gw.url("team-b"), Some(&old), CALL_ECHO)
+            .await
+            .allowed()
+    );
+}
