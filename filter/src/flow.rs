@@ -239,12 +239,19 @@ impl Flow {
     /// Count `metric` for this request's caller on virtual server `vs`, if the policy lists
     /// the caller there.
     fn count_caller(&mut self, vs: usize, metric: crate::stats::CallerMetric) {
+        self.record_caller(vs, metric, 1);
+    }
+
+    /// Record `value` in the caller's `metric` (an increment, or a histogram sample).
+    fn record_caller(&mut self, vs: usize, metric: crate::stats::CallerMetric, value: u64) {
         if self.caller.is_empty() {
             return;
         }
         if let Some(caller) = self.policy.caller_stat(vs, &self.caller) {
-            self.stats
-                .push(StatOp::inc(StatKey::Caller { caller, metric }));
+            self.stats.push(StatOp {
+                key: StatKey::Caller { caller, metric },
+                value,
+            });
         }
     }
 
@@ -939,11 +946,12 @@ impl Flow {
             self.count_caller(vs, crate::stats::CallerMetric::Errors);
         }
         self.log_outcome(if error { "error" } else { "ok" });
-        self.stats.push(tool_op(
-            &tool,
-            ToolMetric::LatencyMs,
-            now_ms.saturating_sub(started),
-        ));
+        let latency = now_ms.saturating_sub(started);
+        self.stats
+            .push(tool_op(&tool, ToolMetric::LatencyMs, latency));
+        if let Some(vs) = self.call_vs {
+            self.record_caller(vs, crate::stats::CallerMetric::LatencyMs, latency);
+        }
     }
 
     /// The stream is over (proxy-wasm `on_log`). A forwarded call whose response never

@@ -82,6 +82,10 @@ impl StatKey {
     pub fn kind(self) -> MetricKind {
         match self {
             Self::Tool { metric, .. } => metric.kind(),
+            Self::Caller {
+                metric: CallerMetric::LatencyMs,
+                ..
+            } => MetricKind::Histogram,
             _ => MetricKind::Counter,
         }
     }
@@ -96,11 +100,14 @@ pub enum CallerMetric {
     Errors,
     /// Refused requests.
     Denied,
+    /// Time from request headers to the end of a forwarded call's response, in ms
+    /// (histogram).
+    LatencyMs,
 }
 
 impl CallerMetric {
     /// Every value.
-    pub const ALL: [CallerMetric; 3] = [Self::Calls, Self::Errors, Self::Denied];
+    pub const ALL: [CallerMetric; 4] = [Self::Calls, Self::Errors, Self::Denied, Self::LatencyMs];
 
     /// The stat name segment.
     pub fn as_str(self) -> &'static str {
@@ -108,6 +115,7 @@ impl CallerMetric {
             Self::Calls => "calls",
             Self::Errors => "errors",
             Self::Denied => "denied",
+            Self::LatencyMs => "latency_ms",
         }
     }
 }

@@ -1475,11 +1475,20 @@ fn listed_callers_get_their_own_stats_and_others_do_not() {
         assert_eq!(counters(&take(&mut flow)), want, "{jti}");
         flow.on_response_headers(502, Some("text/plain"), false, 0);
         flow.on_response_body(b"bad gateway", true, 10);
-        let after = counters(&take(&mut flow));
+        let all = take(&mut flow);
+        let after = counters(&all);
         assert_eq!(
             after.contains(&"toolmesh.caller.single.tok-a.errors".to_string()),
             jti == "tok-a",
             "{after:?}"
+        );
+        assert_eq!(
+            all.iter()
+                .any(|s| s.name == "toolmesh.caller.single.tok-a.latency_ms"
+                    && s.kind == MetricKind::Histogram
+                    && s.value == 10),
+            jti == "tok-a",
+            "{all:?}"
         );
         // A refusal counts as the caller's denial.
         let mut flow = Flow::new(policy());
