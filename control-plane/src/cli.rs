@@ -824,8 +824,8 @@ pub enum UsageCmd {
         #[arg(long, default_value = "24h")]
         since: String,
     },
-    /// Calls, errors, denials and last activity per token and virtual server (the tokens with
-    /// per-token stats: see `--caller-stats-limit`).
+    /// Calls, errors, denials, p50/p95/p99 latency and last activity per token and virtual
+    /// server (the tokens with per-token stats: see `--caller-stats-limit`).
     Tokens {
         /// Start of the window.
         #[arg(long, default_value = "24h")]
@@ -836,7 +836,7 @@ pub enum UsageCmd {
         /// Only this token id (`tok_…`).
         #[arg(long)]
         token_id: Option<String>,
-        /// `calls`, `errors`, `denied` or `last_seen`.
+        /// `calls`, `errors`, `denied`, `p99` or `last_seen`.
         #[arg(long, default_value = "calls")]
         sort: String,
     },
@@ -962,6 +962,9 @@ pub async fn usage(opts: &ClientOpts, cmd: UsageCmd) -> Result<(), CliError> {
                         s(t, "/calls"),
                         s(t, "/errors"),
                         s(t, "/denied"),
+                        ms(t, "/p50_ms"),
+                        ms(t, "/p95_ms"),
+                        ms(t, "/p99_ms"),
                         s(t, "/last_seen"),
                     ]
                 })
@@ -974,6 +977,9 @@ pub async fn usage(opts: &ClientOpts, cmd: UsageCmd) -> Result<(), CliError> {
                     "CALLS",
                     "ERRORS",
                     "DENIED",
+                    "P50 MS",
+                    "P95 MS",
+                    "P99 MS",
                     "LAST SEEN",
                 ],
                 &rows,

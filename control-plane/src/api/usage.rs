@@ -222,8 +222,8 @@ pub(super) async fn virtual_servers(
     }))
 }
 
-/// The same per token and virtual server: calls, errors and refusals of each caller, with the
-/// token's name. Only tokens the policy lists as callers of the virtual server are counted
+/// The same per token and virtual server: calls, errors, refusals and p50/p95/p99 latency of
+/// each caller, with the token's name. Only tokens the policy lists as callers of the virtual server are counted
 /// (`--caller-stats-limit` per virtual server, the newest live tokens); calls of other tokens are
 /// in the per-tool and per-virtual-server numbers only.
 #[utoipa::path(get, path = "/v1/usage/tokens", tag = "usage",
@@ -232,7 +232,7 @@ pub(super) async fn virtual_servers(
         ("until" = Option<String>, Query, description = "End: RFC 3339 or a duration before now; default now"),
         ("virtual_server" = Option<String>, Query, description = "Only this virtual server"),
         ("token" = Option<String>, Query, description = "Only this token id (`tok_…`, as in `GET /v1/tokens`)"),
-        ("sort" = Option<String>, Query, description = "`calls` (default), `errors`, `denied` or `last_seen`"),
+        ("sort" = Option<String>, Query, description = "`calls` (default), `errors`, `denied`, `p99` or `last_seen`"),
         ("order" = Option<String>, Query, description = "`desc` (default) or `asc`; entries without a value come last")),
     responses((status = 200, body = TokenUsageList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn tokens(

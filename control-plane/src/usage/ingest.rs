@@ -94,7 +94,7 @@ pub struct CallerKey {
 }
 
 /// What one flush added for one caller of one virtual server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct CallerDelta {
     /// Forwarded `tools/call`s.
     pub calls: u64,
@@ -102,11 +102,14 @@ pub struct CallerDelta {
     pub errors: u64,
     /// Refused requests.
     pub denied: u64,
+    /// Latency samples of this caller's calls that completed
+    /// (`toolmesh.caller.<vs>.<token>.latency_ms`, the same samples as the tools' histograms).
+    pub latency: Latency,
 }
 
 impl CallerDelta {
     fn has_activity(&self) -> bool {
-        self.calls > 0 || self.errors > 0 || self.denied > 0
+        self.calls > 0 || self.errors > 0 || self.denied > 0 || !self.latency.is_empty()
     }
 }
 
@@ -213,20 +216,7 @@ fn add_tool_metric(
         "errors" => add_count(batch, key, counter(), |d| &mut d.errors),
         "denied" => add_count(batch, key, counter(), |d| &mut d.denied),
         "latency_ms" => {
-            let Some(h) = metric.histogram.as_ref() else {
-                return;
-            };
-            let buckets: Vec<(f64, u64)> = h
-                .bucket
-                .iter()
-                .filter_map(|b| Some((b.upper_bound?, b.cumulative_count?)))
-                .collect();
-            let latency = Latency::from_cumulative(
-                h.sample_count.unwrap_or(0),
-                h.sample_sum.unwrap_or(0.0),
-                &buckets,
-            );
-            if !latency.is_empty() {
+            if let Some(latency) = histogram_latency(metric) {
                 batch.tools.entry(key).or_default().latency.merge(&latency);
             }
         }
@@ -308,23 +298,48 @@ fn add_caller_metric(
     else {
         return;
     };
+    let key = CallerKey {
+        virtual_server,
+        token,
+    };
+    let field: fn(&mut CallerDelta) -> &mut u64 = match stat {
+        "calls" => |d| &mut d.calls,
+        "errors" => |d| &mut d.errors,
+        "denied" => |d| &mut d.denied,
+        "latency_ms" => {
+            if let Some(latency) = histogram_latency(metric) {
+                batch
+                    .callers
+                    .entry(key)
+                    .or_default()
+                    .latency
+                    .merge(&latency);
+            }
+            return;
+        }
+        _ => return,
+    };
     let n = counter_value(metric);
-    if n == 0 {
-        return;
+    if n > 0 {
+        *field(batch.callers.entry(key).or_default()) += n;
     }
-    let d = batch
-        .callers
-        .entry(CallerKey {
-            virtual_server,
-            token,
-        })
-        .or_default();
-    match stat {
-        "calls" => d.calls += n,
-        "errors" => d.errors += n,
-        "denied" => d.denied += n,
-        _ => {}
-    }
+}
+
+/// The samples of a `latency_ms` histogram (per tool or per caller; Envoy's buckets of one
+/// flush interval). `None` for a metric without a histogram or without samples.
+fn histogram_latency(metric: &Metric) -> Option<Latency> {
+    let h = metric.histogram.as_ref()?;
+    let buckets: Vec<(f64, u64)> = h
+        .bucket
+        .iter()
+        .filter_map(|b| Some((b.upper_bound?, b.cumulative_count?)))
+        .collect();
+    let latency = Latency::from_cumulative(
+        h.sample_count.unwrap_or(0),
+        h.sample_sum.unwrap_or(0.0),
+        &buckets,
+    );
+    (!latency.is_empty()).then_some(latency)
 }
 
 /// `<name>…<stat>`: the last segment is the stat; each of `names` comes from its label when
@@ -626,7 +641,8 @@ mod tests {
             CallerDelta {
                 calls: 4,
                 errors: 1,
-                denied: 2
+                denied: 2,
+                latency: Latency::default(),
             }
         );
         assert_eq!(b.callers[&key("tok_2")].calls, 3);
@@ -635,6 +651,44 @@ mod tests {
         assert!(!b.is_empty());
         // Caller calls are also in the tool stats: not counted again in `calls()`.
         assert_eq!(b.calls(), 0);
+    }
+
+    #[test]
+    fn caller_latency_histograms_tagged_or_not_become_caller_latency() {
+        let tagged = [("virtual_server", "demo"), ("token", "tok_1")];
+        let b = batch_from_report(&report(vec![
+            histogram(
+                "wasmcustom.toolmesh.caller.latency_ms",
+                &tagged,
+                &[0, 3, 2],
+                9.5,
+            ),
+            histogram(
+                "wasmcustom.toolmesh.caller.demo.tok_1.latency_ms",
+                &[],
+                &[1],
+                0.25,
+            ),
+            // A histogram alone is activity; an empty one is not.
+            histogram(
+                "wasmcustom.toolmesh.caller.demo.tok_2.latency_ms",
+                &[],
+                &[],
+                0.0,
+            ),
+            // Per-caller samples are not tool samples.
+            histogram("wasmcustom.toolmesh.tool.latency_ms", &ECHO, &[0, 1], 1.0),
+        ]));
+        let d = &b.callers[&CallerKey {
+            virtual_server: "demo".into(),
+            token: "tok_1".into(),
+        }];
+        assert_eq!((d.calls, d.errors, d.denied), (0, 0, 0));
+        assert_eq!(d.latency.count, 6);
+        assert_eq!(&d.latency.buckets[..3], &[1, 3, 2]);
+        assert_eq!(d.latency.sum_ms, 9.75);
+        assert_eq!(b.callers.len(), 1, "{b:?}");
+        assert_eq!(b.tools[&echo_key()].latency.count, 1);
     }
 
     #[test]

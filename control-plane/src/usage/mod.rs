@@ -22,9 +22,10 @@
 //! bootstrap).
 //!
 //! Per token: the filter counts `toolmesh.caller.<vs>.<token id>.*` only for the callers the
-//! policy lists ([`crate::tokens::callers`], bounded per virtual server), and those counters go
-//! through the same pipeline into `token_usage`; a call is in the tool rows and, when its token
-//! is listed, also in its token's row.
+//! policy lists ([`crate::tokens::callers`], bounded per virtual server), and those counters and
+//! the `latency_ms` histogram (kept and summed like a tool's) go through the same pipeline into
+//! `token_usage`; a call is in the tool rows and, when its token is listed, also in its token's
+//! row.
 
 pub mod ingest;
 pub mod report;

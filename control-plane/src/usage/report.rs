@@ -97,6 +97,15 @@ pub struct TokenUsage {
     pub error_rate: f64,
     /// Requests of this token the gateway refused on this virtual server (any reason).
     pub denied: u64,
+    /// This token's completed calls with a latency sample.
+    pub latency_samples: u64,
+    /// Median latency of this token's calls in ms (from histogram buckets, as for tools;
+    /// `null` without samples).
+    pub p50_ms: Option<f64>,
+    /// 95th percentile latency in ms.
+    pub p95_ms: Option<f64>,
+    /// 99th percentile latency in ms.
+    pub p99_ms: Option<f64>,
     /// When an Envoy last reported activity of this token here (within one stats flush,
     /// 5 s, of the request).
     pub last_seen: Option<DateTime<Utc>>,
@@ -211,13 +220,15 @@ pub enum TokenSortKey {
     Errors,
     /// By denials.
     Denied,
+    /// By p99 latency.
+    P99,
     /// By last activity.
     LastSeen,
 }
 
 impl TokenSortKey {
     /// The accepted spellings.
-    pub const NAMES: &'static str = "calls, errors, denied, last_seen";
+    pub const NAMES: &'static str = "calls, errors, denied, p99, last_seen";
 
     /// Parse a `sort` value.
     pub fn parse(s: &str) -> Option<Self> {
@@ -225,6 +236,7 @@ impl TokenSortKey {
             "calls" => Self::Calls,
             "errors" => Self::Errors,
             "denied" => Self::Denied,
+            "p99" => Self::P99,
             "last_seen" => Self::LastSeen,
             _ => return None,
         })
@@ -247,13 +259,17 @@ pub fn token_usage(totals: &[TokenTotals], names: &[(String, String)]) -> Vec<To
             errors: t.errors,
             error_rate: ratio(t.errors, t.calls),
             denied: t.denied,
+            latency_samples: t.latency.count,
+            p50_ms: t.latency.percentile(0.5),
+            p95_ms: t.latency.percentile(0.95),
+            p99_ms: t.latency.percentile(0.99),
             last_seen: ts(t.last_seen),
         })
         .collect()
 }
 
-/// Sort token rows by `key` (rows without `last_seen` last in either order), ties by virtual
-/// server and token.
+/// Sort token rows by `key` (rows without the value — no `last_seen`, no latency samples — last
+/// in either order), ties by virtual server and token.
 pub fn sort_tokens(rows: &mut [TokenUsage], key: TokenSortKey, descending: bool) {
     rows.sort_by(|a, b| {
         let f = |r: &TokenUsage| -> Option<f64> {
@@ -261,6 +277,7 @@ pub fn sort_tokens(rows: &mut [TokenUsage], key: TokenSortKey, descending: bool)
                 TokenSortKey::Calls => Some(r.calls as f64),
                 TokenSortKey::Errors => Some(r.errors as f64),
                 TokenSortKey::Denied => Some(r.denied as f64),
+                TokenSortKey::P99 => r.p99_ms,
                 TokenSortKey::LastSeen => r.last_seen.map(|t| t.timestamp() as f64),
             }
         };
@@ -857,17 +874,23 @@ mod tests {
             calls,
             errors: calls / 2,
             denied,
+            latency: Latency::default(),
             last_seen: last,
         };
         let names = [("tok_a".to_string(), "agent a".to_string())];
-        let mut rows = token_usage(
-            &[
-                t("v", "tok_a", 4, 0, Some(50)),
-                t("v", "tok_gone", 1, 3, Some(90)),
-                t("w", "tok_a", 0, 1, None),
-            ],
-            &names,
+        let mut slow = t("v", "tok_gone", 1, 3, Some(90));
+        slow.latency.count = 2;
+        slow.latency.buckets[6] = 2; // (50, 100] ms
+        let mut fast = t("v", "tok_a", 4, 0, Some(50));
+        fast.latency.count = 4;
+        fast.latency.buckets[1] = 4; // (0.5, 1] ms
+        let mut rows = token_usage(&[fast, slow, t("w", "tok_a", 0, 1, None)], &names);
+        assert_eq!(
+            (rows[0].latency_samples, rows[0].p50_ms, rows[0].p99_ms),
+            (4, Some(0.75), Some(1.0))
         );
+        assert_eq!(rows[1].p50_ms, Some(75.0));
+        assert_eq!((rows[2].latency_samples, rows[2].p99_ms), (0, None));
         assert_eq!(rows[0].token_name.as_deref(), Some("agent a"));
         assert_eq!(rows[0].error_rate, 0.5);
         assert_eq!(rows[1].token_name, None);
@@ -885,7 +908,10 @@ mod tests {
         assert_eq!(order(&rows), ["v/tok_a", "v/tok_gone", "w/tok_a"]);
         sort_tokens(&mut rows, TokenSortKey::LastSeen, true);
         assert_eq!(order(&rows), ["v/tok_gone", "v/tok_a", "w/tok_a"]);
-        assert_eq!(TokenSortKey::parse("p99"), None);
+        sort_tokens(&mut rows, TokenSortKey::P99, false);
+        assert_eq!(order(&rows), ["v/tok_a", "v/tok_gone", "w/tok_a"]);
+        assert_eq!(TokenSortKey::parse("p99"), Some(TokenSortKey::P99));
+        assert_eq!(TokenSortKey::parse("p50"), None);
     }
 
     #[test]

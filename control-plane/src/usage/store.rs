@@ -1,5 +1,9 @@
-//! The usage tables (`migrations/*/20261125000003_usage.sql`, `…/20261126000004_token_usage.sql`),
-//! on Postgres or SQLite.
+//! The usage tables (`migrations/*/20261125000003_usage.sql`, `…/20261126000004_token_usage.sql`,
+//! `…/20261127000005_token_latency.sql`), on Postgres or SQLite.
+//!
+//! `tool_usage` and `token_usage` keep latency the same way (the columns of
+//! [`latency_cols`]: sample count, sum and one count per bucket), written, compacted and summed
+//! by the same SQL fragments and read back by the same row reader.
 //!
 //! The usage store has its own small pool on the catalog's database: ingestion writes every few
 //! seconds per Envoy and must not queue behind (or hold up) catalog transactions, and it needs
@@ -55,7 +59,7 @@ pub struct VsCounter {
 }
 
 /// Sums over a window for one token on one virtual server.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct TokenTotals {
     /// Which token on which virtual server.
     pub key: CallerKey,
@@ -65,6 +69,8 @@ pub struct TokenTotals {
     pub errors: u64,
     /// Refused requests.
     pub denied: u64,
+    /// Latency samples of the token's completed calls.
+    pub latency: Latency,
     /// Latest Envoy flush that reported activity (Unix seconds).
     pub last_seen: Option<i64>,
 }
@@ -102,6 +108,58 @@ fn bucket_cols() -> Vec<String> {
         .collect()
 }
 
+/// The latency columns shared by `tool_usage` and `token_usage`, in bind order:
+/// `latency_count, latency_sum_ms, lat_b00, …`.
+fn latency_cols() -> Vec<String> {
+    let mut cols = vec!["latency_count".to_string(), "latency_sum_ms".to_string()];
+    cols.extend(bucket_cols());
+    cols
+}
+
+/// `$first, …` placeholders for `n` parameters.
+fn params(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Additive `ON CONFLICT` assignments of `cols` in `table`.
+fn additive_sets<S: AsRef<str>>(table: &str, cols: &[S]) -> Vec<String> {
+    cols.iter()
+        .map(|c| {
+            let c = c.as_ref();
+            format!("{c} = {table}.{c} + excluded.{c}")
+        })
+        .collect()
+}
+
+/// `SUM(col)` of each latency column (compaction into hours).
+fn latency_sums() -> String {
+    latency_cols()
+        .iter()
+        .map(|c| format!("SUM({c})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The latency columns summed over a window, each under its own name (read back by the
+/// backend's `read_latency`).
+fn latency_totals() -> String {
+    latency_cols()
+        .iter()
+        .map(|c| {
+            let ty = if c == "latency_sum_ms" {
+                "DOUBLE PRECISION"
+            } else {
+                "BIGINT"
+            };
+            format!("CAST(SUM({c}) AS {ty}) AS {c}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Counts as stored (BIGINT is signed).
 fn db_count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -112,37 +170,19 @@ fn from_db(n: i64) -> u64 {
 }
 
 fn tool_upsert_sql() -> String {
-    let b = bucket_cols();
-    let cols = format!(
-        "virtual_server, mcp_server, tool, resolution_s, bucket_start, calls, errors, denied, \
-         latency_count, latency_sum_ms, {}, last_call_ts",
-        b.join(", ")
-    );
-    let n_params = 10 + LATENCY_BUCKETS + 1;
-    let params: Vec<String> = (1..=n_params).map(|i| format!("${i}")).collect();
+    let n_params = 8 + latency_cols().len() + 1;
     format!(
-        "INSERT INTO tool_usage ({cols}) VALUES ({}) {}",
-        params.join(", "),
-        tool_conflict_clause()
+        "INSERT INTO tool_usage (virtual_server, mcp_server, tool, resolution_s, bucket_start, calls, \
+         errors, denied, {lat}, last_call_ts) VALUES ({params}) {conflict}",
+        lat = latency_cols().join(", "),
+        params = params(1, n_params),
+        conflict = tool_conflict_clause()
     )
 }
 
 fn tool_conflict_clause() -> String {
-    let mut sets: Vec<String> = [
-        "calls",
-        "errors",
-        "denied",
-        "latency_count",
-        "latency_sum_ms",
-    ]
-    .iter()
-    .map(|c| format!("{c} = tool_usage.{c} + excluded.{c}"))
-    .collect();
-    sets.extend(
-        bucket_cols()
-            .iter()
-            .map(|c| format!("{c} = tool_usage.{c} + excluded.{c}")),
-    );
+    let mut sets = additive_sets("tool_usage", &["calls", "errors", "denied"]);
+    sets.extend(additive_sets("tool_usage", &latency_cols()));
     sets.push(
         "last_call_ts = CASE WHEN tool_usage.last_call_ts IS NULL \
          OR excluded.last_call_ts > tool_usage.last_call_ts \
@@ -160,50 +200,68 @@ const VS_UPSERT: &str = "INSERT INTO vs_usage (virtual_server, kind, name, resol
      ON CONFLICT (virtual_server, kind, name, resolution_s, bucket_start) \
      DO UPDATE SET count = vs_usage.count + excluded.count";
 
-const TOKEN_CONFLICT: &str = "ON CONFLICT (virtual_server, token, resolution_s, bucket_start) \
-     DO UPDATE SET calls = token_usage.calls + excluded.calls, \
-     errors = token_usage.errors + excluded.errors, denied = token_usage.denied + excluded.denied, \
-     last_seen = CASE WHEN token_usage.last_seen IS NULL OR excluded.last_seen > token_usage.last_seen \
-     THEN excluded.last_seen ELSE token_usage.last_seen END";
+fn token_conflict_clause() -> String {
+    let mut sets = additive_sets("token_usage", &["calls", "errors", "denied"]);
+    sets.extend(additive_sets("token_usage", &latency_cols()));
+    sets.push(
+        "last_seen = CASE WHEN token_usage.last_seen IS NULL \
+         OR excluded.last_seen > token_usage.last_seen \
+         THEN excluded.last_seen ELSE token_usage.last_seen END"
+            .into(),
+    );
+    format!(
+        "ON CONFLICT (virtual_server, token, resolution_s, bucket_start) DO UPDATE SET {}",
+        sets.join(", ")
+    )
+}
 
 fn token_upsert_sql() -> String {
+    let n_params = 7 + latency_cols().len() + 1;
     format!(
         "INSERT INTO token_usage (virtual_server, token, resolution_s, bucket_start, calls, errors, \
-         denied, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) {TOKEN_CONFLICT}"
+         denied, {lat}, last_seen) VALUES ({params}) {conflict}",
+        lat = latency_cols().join(", "),
+        params = params(1, n_params),
+        conflict = token_conflict_clause()
     )
 }
 
 fn token_compact_sql() -> String {
     format!(
         "INSERT INTO token_usage (virtual_server, token, resolution_s, bucket_start, calls, errors, \
-         denied, last_seen) \
+         denied, {lat}, last_seen) \
          SELECT virtual_server, token, {HOUR}, bucket_start - (bucket_start % {HOUR}), SUM(calls), \
-         SUM(errors), SUM(denied), MAX(last_seen) \
+         SUM(errors), SUM(denied), {sums}, MAX(last_seen) \
          FROM token_usage WHERE resolution_s = {MINUTE} AND bucket_start < $1 \
-         GROUP BY virtual_server, token, bucket_start - (bucket_start % {HOUR}) {TOKEN_CONFLICT}"
+         GROUP BY virtual_server, token, bucket_start - (bucket_start % {HOUR}) {conflict}",
+        lat = latency_cols().join(", "),
+        sums = latency_sums(),
+        conflict = token_conflict_clause()
     )
 }
 
-const TOKEN_TOTALS: &str = "SELECT virtual_server, token, CAST(SUM(calls) AS BIGINT) AS calls, \
-     CAST(SUM(errors) AS BIGINT) AS errors, CAST(SUM(denied) AS BIGINT) AS denied, \
-     MAX(last_seen) AS last_seen \
-     FROM token_usage WHERE bucket_start + resolution_s > $1 AND bucket_start < $2 \
-     AND ($3 IS NULL OR virtual_server = $3) AND ($4 IS NULL OR token = $4) \
-     GROUP BY virtual_server, token";
+fn token_totals_sql() -> String {
+    format!(
+        "SELECT virtual_server, token, CAST(SUM(calls) AS BIGINT) AS calls, \
+         CAST(SUM(errors) AS BIGINT) AS errors, CAST(SUM(denied) AS BIGINT) AS denied, \
+         {lat}, MAX(last_seen) AS last_seen \
+         FROM token_usage WHERE bucket_start + resolution_s > $1 AND bucket_start < $2 \
+         AND ($3 IS NULL OR virtual_server = $3) AND ($4 IS NULL OR token = $4) \
+         GROUP BY virtual_server, token",
+        lat = latency_totals()
+    )
+}
 
 fn tool_compact_sql() -> String {
-    let b = bucket_cols();
-    let sums: Vec<String> = b.iter().map(|c| format!("SUM({c})")).collect();
     format!(
         "INSERT INTO tool_usage (virtual_server, mcp_server, tool, resolution_s, bucket_start, calls, \
-         errors, denied, latency_count, latency_sum_ms, {cols}, last_call_ts) \
+         errors, denied, {lat}, last_call_ts) \
          SELECT virtual_server, mcp_server, tool, {HOUR}, bucket_start - (bucket_start % {HOUR}), \
-         SUM(calls), SUM(errors), SUM(denied), SUM(latency_count), SUM(latency_sum_ms), {sums}, \
-         MAX(last_call_ts) \
+         SUM(calls), SUM(errors), SUM(denied), {sums}, MAX(last_call_ts) \
          FROM tool_usage WHERE resolution_s = {MINUTE} AND bucket_start < $1 \
          GROUP BY virtual_server, mcp_server, tool, bucket_start - (bucket_start % {HOUR}) {conflict}",
-        cols = b.join(", "),
-        sums = sums.join(", "),
+        lat = latency_cols().join(", "),
+        sums = latency_sums(),
         conflict = tool_conflict_clause()
     )
 }
@@ -220,22 +278,17 @@ fn vs_compact_sql() -> String {
 }
 
 fn tool_totals_sql() -> String {
-    let sums: Vec<String> = bucket_cols()
-        .iter()
-        .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
-        .collect();
     format!(
         "SELECT virtual_server, mcp_server, tool, \
          CAST(SUM(calls) AS BIGINT) AS calls, CAST(SUM(errors) AS BIGINT) AS errors, \
-         CAST(SUM(denied) AS BIGINT) AS denied, CAST(SUM(latency_count) AS BIGINT) AS latency_count, \
-         CAST(SUM(latency_sum_ms) AS DOUBLE PRECISION) AS latency_sum_ms, {sums}, \
+         CAST(SUM(denied) AS BIGINT) AS denied, {lat}, \
          MAX(last_call_ts) AS last_call_ts, \
          MAX(CASE WHEN calls > 0 THEN bucket_start + resolution_s END) AS last_active_end \
          FROM tool_usage \
          WHERE bucket_start + resolution_s > $1 AND bucket_start < $2 \
          AND ($3 IS NULL OR virtual_server = $3) AND ($4 IS NULL OR mcp_server = $4) \
          GROUP BY virtual_server, mcp_server, tool",
-        sums = sums.join(", ")
+        lat = latency_totals()
     )
 }
 
@@ -249,11 +302,41 @@ macro_rules! usage_sql {
         mod $name {
             use super::*;
 
+            type Query<'q> = sqlx::query::Query<
+                'q,
+                <$Row as sqlx::Row>::Database,
+                <<$Row as sqlx::Row>::Database as sqlx::Database>::Arguments<'q>,
+            >;
+
+            /// Bind the values of [`latency_cols`], in order.
+            fn bind_latency<'q>(mut q: Query<'q>, latency: &Latency) -> Query<'q> {
+                q = q.bind(db_count(latency.count)).bind(latency.sum_ms);
+                for n in latency.buckets {
+                    q = q.bind(db_count(n));
+                }
+                q
+            }
+
+            /// Read the summed columns of [`latency_totals`].
+            fn read_latency(row: &$Row) -> Result<Latency, UsageError> {
+                let mut latency = Latency {
+                    count: from_db(row.try_get("latency_count")?),
+                    sum_ms: row
+                        .try_get::<Option<f64>, _>("latency_sum_ms")?
+                        .unwrap_or(0.0),
+                    ..Default::default()
+                };
+                for (i, col) in bucket_cols().iter().enumerate() {
+                    latency.buckets[i] = from_db(row.try_get(col.as_str())?);
+                }
+                Ok(latency)
+            }
+
             pub(super) async fn ingest(pool: &$Pool, batch: &UsageBatch) -> Result<(), UsageError> {
                 let mut tx = pool.begin_with($begin).await?;
                 let upsert = tool_upsert_sql();
                 for (k, d) in &batch.tools {
-                    let mut q = sqlx::query(&upsert)
+                    let q = sqlx::query(&upsert)
                         .bind(&k.virtual_server)
                         .bind(&k.mcp_server)
                         .bind(&k.tool)
@@ -261,13 +344,11 @@ macro_rules! usage_sql {
                         .bind(batch.minute)
                         .bind(db_count(d.calls))
                         .bind(db_count(d.errors))
-                        .bind(db_count(d.denied))
-                        .bind(db_count(d.latency.count))
-                        .bind(d.latency.sum_ms);
-                    for n in d.latency.buckets {
-                        q = q.bind(db_count(n));
-                    }
-                    q.bind(d.last_call_ts).execute(&mut *tx).await?;
+                        .bind(db_count(d.denied));
+                    bind_latency(q, &d.latency)
+                        .bind(d.last_call_ts)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 for (k, n) in &batch.vs {
                     sqlx::query(VS_UPSERT)
@@ -282,14 +363,15 @@ macro_rules! usage_sql {
                 }
                 let token_upsert = token_upsert_sql();
                 for (k, d) in &batch.callers {
-                    sqlx::query(&token_upsert)
+                    let q = sqlx::query(&token_upsert)
                         .bind(&k.virtual_server)
                         .bind(&k.token)
                         .bind(MINUTE)
                         .bind(batch.minute)
                         .bind(db_count(d.calls))
                         .bind(db_count(d.errors))
-                        .bind(db_count(d.denied))
+                        .bind(db_count(d.denied));
+                    bind_latency(q, &d.latency)
                         .bind(batch.received_at)
                         .execute(&mut *tx)
                         .await?;
@@ -302,7 +384,7 @@ macro_rules! usage_sql {
                 pool: &$Pool,
                 w: &WindowFilter,
             ) -> Result<Vec<TokenTotals>, UsageError> {
-                let rows: Vec<$Row> = sqlx::query(TOKEN_TOTALS)
+                let rows: Vec<$Row> = sqlx::query(&token_totals_sql())
                     .bind(w.since)
                     .bind(w.until)
                     .bind(w.virtual_server.as_deref())
@@ -319,6 +401,7 @@ macro_rules! usage_sql {
                             calls: from_db(row.try_get("calls")?),
                             errors: from_db(row.try_get("errors")?),
                             denied: from_db(row.try_get("denied")?),
+                            latency: read_latency(row)?,
                             last_seen: row.try_get("last_seen")?,
                         })
                     })
@@ -338,16 +421,6 @@ macro_rules! usage_sql {
                     .await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let mut latency = Latency {
-                        count: from_db(row.try_get("latency_count")?),
-                        sum_ms: row
-                            .try_get::<Option<f64>, _>("latency_sum_ms")?
-                            .unwrap_or(0.0),
-                        ..Default::default()
-                    };
-                    for (i, col) in bucket_cols().iter().enumerate() {
-                        latency.buckets[i] = from_db(row.try_get(col.as_str())?);
-                    }
                     out.push(ToolTotals {
                         key: ToolKey {
                             virtual_server: row.try_get("virtual_server")?,
@@ -357,7 +430,7 @@ macro_rules! usage_sql {
                         calls: from_db(row.try_get("calls")?),
                         errors: from_db(row.try_get("errors")?),
                         denied: from_db(row.try_get("denied")?),
-                        latency,
+                        latency: read_latency(row)?,
                         last_call_ts: row.try_get("last_call_ts")?,
                         last_active_end: row.try_get("last_active_end")?,
                     });

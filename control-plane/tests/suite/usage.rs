@@ -75,6 +75,35 @@ fn family(name: &str, metric: Metric) -> MetricFamily {
     }
 }
 
+/// A `latency_ms` histogram as Envoy sends it (cumulative per bound; every sample counted as
+/// 1 ms in the sum) from samples per bucket index.
+fn latency_histogram(label: Vec<LabelPair>, per_bucket: &[u64; 20]) -> Metric {
+    let mut acc = 0;
+    let bucket = BOUNDS
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            acc += per_bucket[i];
+            Bucket {
+                cumulative_count: Some(acc),
+                upper_bound: Some(*b),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let total: u64 = per_bucket.iter().sum();
+    Metric {
+        label,
+        histogram: Some(Histogram {
+            sample_count: Some(total),
+            sample_sum: Some(total as f64),
+            bucket,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn tool_families(vs: &str, server: &str, tool: &str, f: &Flush) -> Vec<MetricFamily> {
     let l = labels(vs, server, tool);
     let counter = |v: u64| Metric {
@@ -85,37 +114,11 @@ fn tool_families(vs: &str, server: &str, tool: &str, f: &Flush) -> Vec<MetricFam
         }),
         ..Default::default()
     };
-    let mut acc = 0;
-    let bucket = BOUNDS
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            acc += f.latency[i];
-            Bucket {
-                cumulative_count: Some(acc),
-                upper_bound: Some(*b),
-                ..Default::default()
-            }
-        })
-        .collect();
-    let total: u64 = f.latency.iter().sum();
     vec![
         family("calls", counter(f.calls)),
         family("errors", counter(f.errors)),
         family("denied", counter(f.denied)),
-        family(
-            "latency_ms",
-            Metric {
-                label: l.clone(),
-                histogram: Some(Histogram {
-                    sample_count: Some(total),
-                    sample_sum: Some(total as f64),
-                    bucket,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ),
+        family("latency_ms", latency_histogram(l.clone(), &f.latency)),
         family(
             "last_call_ts",
             Metric {
@@ -153,18 +156,31 @@ fn vs_counter(vs: &str, kind: &str, label: &str, name: &str, n: u64) -> MetricFa
     }
 }
 
+fn caller_labels(vs: &str, token: &str) -> Vec<LabelPair> {
+    [("virtual_server", vs), ("token", token)]
+        .iter()
+        .map(|(k, v)| LabelPair {
+            name: Some((*k).into()),
+            value: Some((*v).into()),
+        })
+        .collect()
+}
+
+/// `wasmcustom.toolmesh.caller.latency_ms` as Envoy sends it with the shipped `stats_tags`.
+fn caller_latency(vs: &str, token: &str, per_bucket: &[u64; 20]) -> MetricFamily {
+    MetricFamily {
+        name: Some("wasmcustom.toolmesh.caller.latency_ms".into()),
+        metric: vec![latency_histogram(caller_labels(vs, token), per_bucket)],
+        ..Default::default()
+    }
+}
+
 /// `wasmcustom.toolmesh.caller.<metric>` as Envoy sends it with the shipped `stats_tags`.
 fn caller_counter(vs: &str, token: &str, metric: &str, n: u64) -> MetricFamily {
     MetricFamily {
         name: Some(format!("wasmcustom.toolmesh.caller.{metric}")),
         metric: vec![Metric {
-            label: [("virtual_server", vs), ("token", token)]
-                .iter()
-                .map(|(k, v)| LabelPair {
-                    name: Some((*k).into()),
-                    value: Some((*v).into()),
-                })
-                .collect(),
+            label: caller_labels(vs, token),
             counter: Some(Counter {
                 value: Some(n as f64),
                 ..Default::default()
@@ -261,6 +277,7 @@ both_backends!(
     concurrent_flushes_lose_no_increment,
     unused_tools_and_possible_duplicates,
     usage_per_token_and_virtual_server,
+    token_latency_percentiles_from_caller_histograms,
 );
 
 fn token_row<'a>(body: &'a Value, vs: &str, token: &str) -> &'a Value {
@@ -402,7 +419,7 @@ async fn usage_per_token_and_virtual_server(app: &TestApp) {
         "only gw-1's early flush"
     );
     for (path, field) in [
-        ("/v1/usage/tokens?sort=p99", "sort"),
+        ("/v1/usage/tokens?sort=p50", "sort"),
         ("/v1/usage/tokens?order=up", "order"),
         ("/v1/usage/tokens?since=later", "since"),
         ("/v1/usage/tokens?mcp_server=x", "mcp_server"),
@@ -441,6 +458,105 @@ async fn usage_per_token_and_virtual_server(app: &TestApp) {
     assert_eq!(
         token_row(&old, "demo", a)["last_seen"].as_str().unwrap(),
         (base + chrono::Duration::minutes(50)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+}
+
+/// `toolmesh.caller.<vs>.<token>.latency_ms` → `p50_ms`/`p95_ms`/`p99_ms` and `latency_samples`
+/// per token, summed across Envoys, kept by compaction, sortable by p99.
+async fn token_latency_percentiles_from_caller_histograms(app: &TestApp) {
+    let now = Utc::now();
+    // tok_fast: 8 samples in (0.5, 1] ms from gw-1 and 2 more from gw-2 (untagged names).
+    let mut fast = [0; 20];
+    fast[1] = 8;
+    let mut f1 = caller_families("demo", "tok_fast", 8, 0, 0);
+    f1.push(caller_latency("demo", "tok_fast", &fast));
+    // tok_slow: 10 samples in (50, 100] ms.
+    let mut slow = [0; 20];
+    slow[6] = 10;
+    f1.extend(caller_families("demo", "tok_slow", 10, 1, 0));
+    f1.push(caller_latency("demo", "tok_slow", &slow));
+    // tok_refused: refusals only, so no samples.
+    f1.extend(caller_families("demo", "tok_refused", 0, 0, 3));
+    ingest(app, report("gw-1", now, f1)).await;
+    let mut more = [0; 20];
+    more[1] = 2;
+    let f2 = latency_histogram(vec![], &more);
+    ingest(
+        app,
+        report(
+            "gw-2",
+            now,
+            vec![MetricFamily {
+                name: Some("wasmcustom.toolmesh.caller.demo.tok_fast.latency_ms".into()),
+                metric: vec![f2],
+                ..Default::default()
+            }],
+        ),
+    )
+    .await;
+
+    let (s, body) = app.get("/v1/usage/tokens?since=1h").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let row = token_row(&body, "demo", "tok_fast");
+    assert_eq!(row["calls"], 8, "{body}");
+    assert_eq!(row["latency_samples"], 10, "{body}");
+    assert_eq!(
+        (&row["p50_ms"], &row["p95_ms"], &row["p99_ms"]),
+        (&json!(0.75), &json!(0.98), &json!(1.0)),
+        "{body}"
+    );
+    let row = token_row(&body, "demo", "tok_slow");
+    assert_eq!(row["latency_samples"], 10, "{body}");
+    assert_eq!(
+        (&row["p50_ms"], &row["p99_ms"]),
+        (&json!(75.0), &json!(99.5)),
+        "{body}"
+    );
+    let row = token_row(&body, "demo", "tok_refused");
+    assert_eq!(row["denied"], 3, "{body}");
+    assert_eq!(row["latency_samples"], 0, "{body}");
+    assert_eq!(
+        (&row["p50_ms"], &row["p95_ms"], &row["p99_ms"]),
+        (&Value::Null, &Value::Null, &Value::Null),
+        "{body}"
+    );
+    let order = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["token"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, body) = app.get("/v1/usage/tokens?sort=p99").await;
+    assert_eq!(order(&body), ["tok_slow", "tok_fast", "tok_refused"]);
+    let (_, body) = app.get("/v1/usage/tokens?sort=p99&order=asc").await;
+    assert_eq!(order(&body), ["tok_fast", "tok_slow", "tok_refused"]);
+
+    // Compacted into an hour row, the buckets (and so the percentiles) stay the same.
+    let usage = app.state.usage.clone().expect("usage");
+    let base = DateTime::from_timestamp((now.timestamp() - 3 * 86_400) / 3_600 * 3_600, 0).unwrap();
+    for minute in [5, 50] {
+        ingest(
+            app,
+            report(
+                "gw-1",
+                base + chrono::Duration::minutes(minute),
+                vec![caller_latency("old", "tok_fast", &slow)],
+            ),
+        )
+        .await;
+    }
+    let (_, before) = app.get("/v1/usage/tokens?since=4d&until=2d").await;
+    let stats = usage.maintain().await.expect("maintain");
+    assert_eq!(stats.compacted_rows, 2, "{stats:?}");
+    let (_, after) = app.get("/v1/usage/tokens?since=4d&until=2d").await;
+    assert_eq!(before["items"], after["items"]);
+    let row = token_row(&after, "old", "tok_fast");
+    assert_eq!(
+        (&row["latency_samples"], &row["p50_ms"], &row["calls"]),
+        (&json!(20), &json!(75.0), &json!(0)),
+        "{after}"
     );
 }
 
