@@ -21,7 +21,8 @@ pub const HTTP_STAT_PREFIX: &str = "toolmesh";
 /// Envoy `stats_tags` that turn toolmesh's metric names into Prometheus labels. Kept identical
 /// to `envoy/bootstrap.yaml` (a test checks). Names: `toolmesh.tool.<vs>.<mcp_server>.<tool>.<stat>`,
 /// `toolmesh.vs.<vs>.rq.<method>`, `toolmesh.vs.<vs>.denied.<reason>`,
-/// `toolmesh.global.denied.<reason>`, `toolmesh.caller.<vs>.<token id>.<stat>`; each regex sees
+/// `toolmesh.global.denied.<reason>`, `toolmesh.caller.<vs>.<token id>.<stat>` (counters and the
+/// `latency_ms` histogram); each regex sees
 /// the full `wasmcustom.`-prefixed name.
 pub const STATS_TAGS: &[(&str, &str)] = &[
     (

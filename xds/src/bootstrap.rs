@@ -16,7 +16,8 @@
 
 /// The `stats_config.stats_tags` list that labels the filter's stats: identical to the one in
 /// `envoy/bootstrap.yaml` and `envoy/bootstrap-compose.yaml` (a test compares them). The
-/// `token` label of `toolmesh.caller.*` is bounded by the callers the policy lists.
+/// `token` label of `toolmesh.caller.*` (the `calls`, `errors`, `denied` counters and the
+/// `latency_ms` histogram) is bounded by the callers the policy lists.
 pub const STATS_TAGS_YAML: &str = r#"  stats_tags:
   - tag_name: virtual_server
     regex: '^wasmcustom\.toolmesh\.tool\.(([^.]+)\.)[^.]+\.[^.]+\.[^.]+$'

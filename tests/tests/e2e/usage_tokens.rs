@@ -4,9 +4,9 @@
 //! filter, an rmcp upstream, and the official Python MCP client sending each token.
 //!
 //! Two tokens open one virtual server; the control plane lists both as its callers, so the
-//! filter counts `toolmesh.caller.demo.<token id>.*` for each. What a user sees: the calls and a
-//! refusal per token in `/v1/usage/tokens` (with the token names), a `token` label in Envoy's
-//! `/stats/prometheus`, and JSON access-log lines on Envoy's stdout naming the virtual server,
+//! filter counts `toolmesh.caller.demo.<token id>.*` for each. What a user sees: the calls, a
+//! refusal and p50/p95/p99 latency per token in `/v1/usage/tokens` (with the token names), a
+//! `token` label in Envoy's `/stats/prometheus` (also on the `latency_ms` histogram), and JSON access-log lines on Envoy's stdout naming the virtual server,
 //! the tool and the outcome (the filter's `toolmesh` value) and the caller (its token id).
 
 use std::time::{Duration, Instant};
@@ -190,6 +190,33 @@ async fn two_tokens_are_counted_apart_labelled_in_prometheus_and_logged() {
     // Most calls first.
     assert_eq!(usage["items"][0]["token"], a, "{usage:#}");
 
+    // Latency per token, from the per-caller histogram: one sample per forwarded call (the
+    // refusal has none). Histograms may arrive a flush after the counters.
+    let usage = wait_for_token_usage(
+        &gw,
+        &[
+            (a, "calls", 3),
+            (b, "calls", 1),
+            (b, "denied", 1),
+            (a, "latency_samples", 3),
+            (b, "latency_samples", 1),
+        ],
+    )
+    .await;
+    for token in [a, b] {
+        let row = token_row(&usage, token).unwrap();
+        let p = |f: &str| {
+            row[f]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{token} {f} is not a number: {row}"))
+        };
+        let (p50, p95, p99) = (p("p50_ms"), p("p95_ms"), p("p99_ms"));
+        assert!(
+            0.0 < p50 && p50 <= p95 && p95 <= p99 && p99 <= 10_000.0,
+            "{token}: p50 {p50}, p95 {p95}, p99 {p99}: {row}"
+        );
+    }
+
     // Envoy's /stats/prometheus: the token is a label (from the shipped stats_tags).
     let prometheus = gw.envoy().stats_prometheus().await;
     let sample = |metric: &str, token: &str| -> Option<String> {
@@ -215,6 +242,13 @@ async fn two_tokens_are_counted_apart_labelled_in_prometheus_and_logged() {
     let line = sample("toolmesh_caller_denied", b)
         .unwrap_or_else(|| panic!("no toolmesh_caller_denied for {b}:\n{}", caller_lines()));
     assert!(line.ends_with(" 1"), "{line}");
+    let line = sample("toolmesh_caller_latency_ms_count", a).unwrap_or_else(|| {
+        panic!(
+            "no toolmesh_caller_latency_ms_count for {a}:\n{}",
+            caller_lines()
+        )
+    });
+    assert!(line.ends_with(" 3"), "{line}");
 
     // Envoy's access log (its stdout): JSON with the filter's `<virtual server> <method>
     // <mcp_server>/<tool> <outcome>` and the caller's token id.
