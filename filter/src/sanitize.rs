@@ -131,19 +131,9 @@ fn fold_ascii(c: char) -> char {
     }
 }
 
-/// Make `s` safe as one segment of an Envoy stat name: every character outside
-/// `[A-Za-z0-9_-]` becomes `_`.
-pub fn stat_segment(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+/// Make `s` safe as one segment of an Envoy stat name (the wire contract's rule, shared with
+/// the control plane).
+pub use toolmesh_proto::stat_segment;
 
 /// Decode an MCP header value (protocol 2026-07-28): values that would not survive an HTTP
 /// field are sent as `=?base64?<canonical base64 of UTF-8>?=`; anything else is verbatim.

@@ -376,6 +376,23 @@ pub fn is_slug(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
+/// Make `s` safe as one segment of an Envoy stat name: every character outside
+/// `[A-Za-z0-9_-]` becomes `_`.
+///
+/// The filter names its stats with it and the control plane maps catalog names onto the stats
+/// it receives with it, so both sides of the contract use this one function.
+pub fn stat_segment(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Can `s` be listed as a caller (a token id in `VirtualServer::callers`): 1-64 characters of
 /// `A-Za-z0-9_-`, so it is one Envoy stat name segment.
 pub fn is_caller_id(s: &str) -> bool {

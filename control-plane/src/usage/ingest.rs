@@ -140,19 +140,8 @@ impl UsageBatch {
     }
 }
 
-/// The filter's way of turning a name into one stat segment: every character outside
-/// `[A-Za-z0-9_-]` becomes `_` (must match `toolmesh_filter::sanitize::stat_segment`).
-pub fn stat_segment(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+/// The filter's way of turning a name into one stat segment (one function for both sides).
+pub use toolmesh_proto::stat_segment;
 
 /// Book one flush: the increments of every toolmesh stat in it, in the minute it arrived.
 pub fn batch_from_report(report: &MetricsReport) -> UsageBatch {
