@@ -238,12 +238,12 @@ impl Flow {
 
     /// Count `metric` for this request's caller on virtual server `vs`, if the policy lists
     /// the caller there.
-    fn count_caller(&mut self, vs: usize, metric: crate::stats::CallerMetric) {
+    fn count_caller(&mut self, vs: usize, metric: ToolMetric) {
         self.record_caller(vs, metric, 1);
     }
 
     /// Record `value` in the caller's `metric` (an increment, or a histogram sample).
-    fn record_caller(&mut self, vs: usize, metric: crate::stats::CallerMetric, value: u64) {
+    fn record_caller(&mut self, vs: usize, metric: ToolMetric, value: u64) {
         if self.caller.is_empty() {
             return;
         }
@@ -531,7 +531,7 @@ impl Flow {
         self.log_request(Some(f.vs), Some(f.method), tool);
         if f.tool.is_some() {
             // The outcome is logged when the response ends.
-            self.count_caller(f.vs, crate::stats::CallerMetric::Calls);
+            self.count_caller(f.vs, ToolMetric::Calls);
             self.call_vs = Some(f.vs);
         } else {
             self.log_outcome("forwarded");
@@ -841,7 +841,7 @@ impl Flow {
         self.log_request(d.vs, d.method, tool);
         self.log_outcome(&format!("denied.{}", d.reason.as_str()));
         if let Some(vs) = d.vs {
-            self.count_caller(vs, crate::stats::CallerMetric::Denied);
+            self.count_caller(vs, ToolMetric::Denied);
         }
         match d.vs {
             Some(vs) => {
@@ -943,14 +943,14 @@ impl Flow {
             self.stats.push(tool_op(&tool, ToolMetric::Errors, 1));
         }
         if error && let Some(vs) = self.call_vs {
-            self.count_caller(vs, crate::stats::CallerMetric::Errors);
+            self.count_caller(vs, ToolMetric::Errors);
         }
         self.log_outcome(if error { "error" } else { "ok" });
         let latency = now_ms.saturating_sub(started);
         self.stats
             .push(tool_op(&tool, ToolMetric::LatencyMs, latency));
         if let Some(vs) = self.call_vs {
-            self.record_caller(vs, crate::stats::CallerMetric::LatencyMs, latency);
+            self.record_caller(vs, ToolMetric::LatencyMs, latency);
         }
     }
 

@@ -14,7 +14,7 @@ use toolmesh_proto::{PolicyError, PolicySnapshot};
 use crate::lists::ListKind;
 use crate::sanitize::skeleton;
 use crate::session::SessionKeys;
-use crate::stats::{self, CallerMetric, MethodStat, MetricIds, Reason, StatKey, ToolMetric};
+use crate::stats::{self, MethodStat, MetricIds, Reason, StatKey, ToolMetric};
 use crate::template::UriTemplate;
 
 /// A policy ready for lookups.
@@ -198,7 +198,7 @@ impl CompiledPolicy {
         const GLOBAL: usize = Reason::ALL.len();
         const PER_VS: usize = MethodStat::ALL.len() + Reason::ALL.len();
         const PER_TOOL: usize = ToolMetric::ALL.len();
-        const PER_CALLER: usize = CallerMetric::ALL.len();
+        const PER_CALLER: usize = ToolMetric::ALL.len();
         let tools_end =
             GLOBAL + self.virtual_servers.len() * PER_VS + self.tool_stats.len() * PER_TOOL;
         let slot = match key {
@@ -236,7 +236,7 @@ impl CompiledPolicy {
         Reason::ALL.len()
             + self.virtual_servers.len() * (MethodStat::ALL.len() + Reason::ALL.len())
             + self.tool_stats.len() * ToolMetric::ALL.len()
-            + self.caller_stats.len() * CallerMetric::ALL.len()
+            + self.caller_stats.len() * ToolMetric::ALL.len()
     }
 
     /// The Envoy stat name of `key` (see [`crate::stats`]); `None` if the key does not belong

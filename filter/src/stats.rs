@@ -65,8 +65,9 @@ pub enum StatKey {
     Caller {
         /// Index of the (virtual server, caller) pair in the policy.
         caller: u32,
-        /// Which of the caller's metrics.
-        metric: CallerMetric,
+        /// Which of the caller's metrics (`calls`, `errors`, `denied`, `latency_ms`; a caller
+        /// has no `last_call_ts`).
+        metric: ToolMetric,
     },
     /// `toolmesh.tool.<vs>.<mcp_server>.<tool>.<metric>`.
     Tool {
@@ -81,47 +82,14 @@ impl StatKey {
     /// The Envoy metric kind.
     pub fn kind(self) -> MetricKind {
         match self {
-            Self::Tool { metric, .. } => metric.kind(),
-            Self::Caller {
-                metric: CallerMetric::LatencyMs,
-                ..
-            } => MetricKind::Histogram,
+            Self::Tool { metric, .. } | Self::Caller { metric, .. } => metric.kind(),
             _ => MetricKind::Counter,
         }
     }
 }
 
-/// What is counted per caller (token) of a virtual server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CallerMetric {
-    /// Forwarded `tools/call`s.
-    Calls,
-    /// Forwarded calls that ended in an error.
-    Errors,
-    /// Refused requests.
-    Denied,
-    /// Time from request headers to the end of a forwarded call's response, in ms
-    /// (histogram).
-    LatencyMs,
-}
-
-impl CallerMetric {
-    /// Every value.
-    pub const ALL: [CallerMetric; 4] = [Self::Calls, Self::Errors, Self::Denied, Self::LatencyMs];
-
-    /// The stat name segment.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Calls => "calls",
-            Self::Errors => "errors",
-            Self::Denied => "denied",
-            Self::LatencyMs => "latency_ms",
-        }
-    }
-}
-
 /// `toolmesh.caller.<vs>.<caller>.<metric>`.
-pub fn caller_metric(vs: &str, caller: &str, metric: CallerMetric) -> String {
+pub fn caller_metric(vs: &str, caller: &str, metric: ToolMetric) -> String {
     format!(
         "toolmesh.caller.{}.{}.{}",
         stat_segment(vs),
@@ -434,14 +402,15 @@ impl MethodStat {
     }
 }
 
-/// The per-tool metrics.
+/// The per-call metrics, kept per tool and per caller (token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ToolMetric {
     /// Forwarded calls (counter).
     Calls,
     /// Calls that ended in an error (counter).
     Errors,
-    /// Refused calls that named this tool (counter).
+    /// Per tool: refused calls that named this tool; per caller: the caller's refused requests
+    /// (counter).
     Denied,
     /// Time from request headers to the end of the response, in ms (histogram).
     LatencyMs,
