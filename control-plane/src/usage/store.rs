@@ -169,76 +169,89 @@ fn from_db(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-fn tool_upsert_sql() -> String {
-    let n_params = 8 + latency_cols().len() + 1;
-    format!(
-        "INSERT INTO tool_usage (virtual_server, mcp_server, tool, resolution_s, bucket_start, calls, \
-         errors, denied, {lat}, last_call_ts) VALUES ({params}) {conflict}",
-        lat = latency_cols().join(", "),
-        params = params(1, n_params),
-        conflict = tool_conflict_clause()
-    )
+/// A roll-up table of per-call numbers (`tool_usage`, `token_usage`): its key columns, then
+/// `resolution_s, bucket_start`, the counters `calls, errors, denied`, the latency columns and
+/// one "last seen" column kept as a maximum. One description, so both tables are upserted and
+/// compacted by the same SQL.
+struct CallTable {
+    name: &'static str,
+    keys: &'static [&'static str],
+    last: &'static str,
 }
 
-fn tool_conflict_clause() -> String {
-    let mut sets = additive_sets("tool_usage", &["calls", "errors", "denied"]);
-    sets.extend(additive_sets("tool_usage", &latency_cols()));
-    sets.push(
-        "last_call_ts = CASE WHEN tool_usage.last_call_ts IS NULL \
-         OR excluded.last_call_ts > tool_usage.last_call_ts \
-         THEN excluded.last_call_ts ELSE tool_usage.last_call_ts END"
-            .into(),
-    );
-    format!(
-        "ON CONFLICT (virtual_server, mcp_server, tool, resolution_s, bucket_start) DO UPDATE SET {}",
-        sets.join(", ")
-    )
+const TOOL_USAGE: CallTable = CallTable {
+    name: "tool_usage",
+    keys: &["virtual_server", "mcp_server", "tool"],
+    last: "last_call_ts",
+};
+
+const TOKEN_USAGE: CallTable = CallTable {
+    name: "token_usage",
+    keys: &["virtual_server", "token"],
+    last: "last_seen",
+};
+
+impl CallTable {
+    /// Every column, in bind order.
+    fn columns(&self) -> String {
+        format!(
+            "{}, resolution_s, bucket_start, calls, errors, denied, {}, {}",
+            self.keys.join(", "),
+            latency_cols().join(", "),
+            self.last
+        )
+    }
+
+    /// Counters and latency add up; the last-seen column keeps the later value.
+    fn conflict_clause(&self) -> String {
+        let (t, last) = (self.name, self.last);
+        let mut sets = additive_sets(t, &["calls", "errors", "denied"]);
+        sets.extend(additive_sets(t, &latency_cols()));
+        sets.push(format!(
+            "{last} = CASE WHEN {t}.{last} IS NULL OR excluded.{last} > {t}.{last} \
+             THEN excluded.{last} ELSE {t}.{last} END"
+        ));
+        format!(
+            "ON CONFLICT ({}, resolution_s, bucket_start) DO UPDATE SET {}",
+            self.keys.join(", "),
+            sets.join(", ")
+        )
+    }
+
+    /// Add one minute's numbers to a row.
+    fn upsert_sql(&self) -> String {
+        let n_params = self.keys.len() + 5 + latency_cols().len() + 1;
+        format!(
+            "INSERT INTO {} ({}) VALUES ({}) {}",
+            self.name,
+            self.columns(),
+            params(1, n_params),
+            self.conflict_clause()
+        )
+    }
+
+    /// Fold the minute rows older than `$1` into hour rows.
+    fn compact_sql(&self) -> String {
+        let keys = self.keys.join(", ");
+        format!(
+            "INSERT INTO {t} ({cols}) \
+             SELECT {keys}, {HOUR}, bucket_start - (bucket_start % {HOUR}), SUM(calls), \
+             SUM(errors), SUM(denied), {sums}, MAX({last}) \
+             FROM {t} WHERE resolution_s = {MINUTE} AND bucket_start < $1 \
+             GROUP BY {keys}, bucket_start - (bucket_start % {HOUR}) {conflict}",
+            t = self.name,
+            cols = self.columns(),
+            sums = latency_sums(),
+            last = self.last,
+            conflict = self.conflict_clause()
+        )
+    }
 }
 
 const VS_UPSERT: &str = "INSERT INTO vs_usage (virtual_server, kind, name, resolution_s, bucket_start, count) \
      VALUES ($1, $2, $3, $4, $5, $6) \
      ON CONFLICT (virtual_server, kind, name, resolution_s, bucket_start) \
      DO UPDATE SET count = vs_usage.count + excluded.count";
-
-fn token_conflict_clause() -> String {
-    let mut sets = additive_sets("token_usage", &["calls", "errors", "denied"]);
-    sets.extend(additive_sets("token_usage", &latency_cols()));
-    sets.push(
-        "last_seen = CASE WHEN token_usage.last_seen IS NULL \
-         OR excluded.last_seen > token_usage.last_seen \
-         THEN excluded.last_seen ELSE token_usage.last_seen END"
-            .into(),
-    );
-    format!(
-        "ON CONFLICT (virtual_server, token, resolution_s, bucket_start) DO UPDATE SET {}",
-        sets.join(", ")
-    )
-}
-
-fn token_upsert_sql() -> String {
-    let n_params = 7 + latency_cols().len() + 1;
-    format!(
-        "INSERT INTO token_usage (virtual_server, token, resolution_s, bucket_start, calls, errors, \
-         denied, {lat}, last_seen) VALUES ({params}) {conflict}",
-        lat = latency_cols().join(", "),
-        params = params(1, n_params),
-        conflict = token_conflict_clause()
-    )
-}
-
-fn token_compact_sql() -> String {
-    format!(
-        "INSERT INTO token_usage (virtual_server, token, resolution_s, bucket_start, calls, errors, \
-         denied, {lat}, last_seen) \
-         SELECT virtual_server, token, {HOUR}, bucket_start - (bucket_start % {HOUR}), SUM(calls), \
-         SUM(errors), SUM(denied), {sums}, MAX(last_seen) \
-         FROM token_usage WHERE resolution_s = {MINUTE} AND bucket_start < $1 \
-         GROUP BY virtual_server, token, bucket_start - (bucket_start % {HOUR}) {conflict}",
-        lat = latency_cols().join(", "),
-        sums = latency_sums(),
-        conflict = token_conflict_clause()
-    )
-}
 
 fn token_totals_sql() -> String {
     format!(
@@ -249,20 +262,6 @@ fn token_totals_sql() -> String {
          AND ($3 IS NULL OR virtual_server = $3) AND ($4 IS NULL OR token = $4) \
          GROUP BY virtual_server, token",
         lat = latency_totals()
-    )
-}
-
-fn tool_compact_sql() -> String {
-    format!(
-        "INSERT INTO tool_usage (virtual_server, mcp_server, tool, resolution_s, bucket_start, calls, \
-         errors, denied, {lat}, last_call_ts) \
-         SELECT virtual_server, mcp_server, tool, {HOUR}, bucket_start - (bucket_start % {HOUR}), \
-         SUM(calls), SUM(errors), SUM(denied), {sums}, MAX(last_call_ts) \
-         FROM tool_usage WHERE resolution_s = {MINUTE} AND bucket_start < $1 \
-         GROUP BY virtual_server, mcp_server, tool, bucket_start - (bucket_start % {HOUR}) {conflict}",
-        lat = latency_cols().join(", "),
-        sums = latency_sums(),
-        conflict = tool_conflict_clause()
     )
 }
 
@@ -334,7 +333,7 @@ macro_rules! usage_sql {
 
             pub(super) async fn ingest(pool: &$Pool, batch: &UsageBatch) -> Result<(), UsageError> {
                 let mut tx = pool.begin_with($begin).await?;
-                let upsert = tool_upsert_sql();
+                let upsert = TOOL_USAGE.upsert_sql();
                 for (k, d) in &batch.tools {
                     let q = sqlx::query(&upsert)
                         .bind(&k.virtual_server)
@@ -361,7 +360,7 @@ macro_rules! usage_sql {
                         .execute(&mut *tx)
                         .await?;
                 }
-                let token_upsert = token_upsert_sql();
+                let token_upsert = TOKEN_USAGE.upsert_sql();
                 for (k, d) in &batch.callers {
                     let q = sqlx::query(&token_upsert)
                         .bind(&k.virtual_server)
@@ -465,7 +464,7 @@ macro_rules! usage_sql {
                 if !$lock.is_empty() {
                     sqlx::query($lock).execute(&mut *tx).await?;
                 }
-                sqlx::query(&tool_compact_sql())
+                sqlx::query(&TOOL_USAGE.compact_sql())
                     .bind(cutoff)
                     .execute(&mut *tx)
                     .await?;
@@ -473,7 +472,7 @@ macro_rules! usage_sql {
                     .bind(cutoff)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(&token_compact_sql())
+                sqlx::query(&TOKEN_USAGE.compact_sql())
                     .bind(cutoff)
                     .execute(&mut *tx)
                     .await?;

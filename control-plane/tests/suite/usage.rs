@@ -14,33 +14,12 @@ use chrono::{DateTime, Utc};
 use common::{TestApp, assert_error};
 use serde_json::{Value, json};
 use toolmesh::store::DiscoveryOutcome;
+use toolmesh::usage::rollup::LATENCY_BOUNDS_MS;
 use toolmesh_discovery::Discovered;
 use toolmesh_xds::server::MetricsReport;
 use toolmesh_xds::server::prometheus::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily,
 };
-
-const BOUNDS: [f64; 19] = [
-    0.5,
-    1.0,
-    5.0,
-    10.0,
-    25.0,
-    50.0,
-    100.0,
-    250.0,
-    500.0,
-    1_000.0,
-    2_500.0,
-    5_000.0,
-    10_000.0,
-    30_000.0,
-    60_000.0,
-    300_000.0,
-    600_000.0,
-    1_800_000.0,
-    3_600_000.0,
-];
 
 /// What one Envoy counted for one tool in one flush.
 #[derive(Clone, Copy, Default)]
@@ -79,7 +58,7 @@ fn family(name: &str, metric: Metric) -> MetricFamily {
 /// 1 ms in the sum) from samples per bucket index.
 fn latency_histogram(label: Vec<LabelPair>, per_bucket: &[u64; 20]) -> Metric {
     let mut acc = 0;
-    let bucket = BOUNDS
+    let bucket = LATENCY_BOUNDS_MS
         .iter()
         .enumerate()
         .map(|(i, b)| {
