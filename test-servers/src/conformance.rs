@@ -34,16 +34,14 @@ mod handler;
 mod sessions;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use crate::{RecordedRequest, lock};
+use crate::{Recorded, RecordedRequest, Serving, lock, record};
 
 pub use fixtures::{
     AUDIO_WAV_BASE64, IMAGE_PNG_BASE64, capabilities, prompt_definitions, resource_definitions,
@@ -104,16 +102,14 @@ fn names(items: &[serde_json::Value], key: &str) -> Vec<String> {
 
 /// A conformance server running in this process. Dropping it stops it.
 pub struct RunningConformanceServer {
-    addr: SocketAddr,
+    serving: Serving,
     requests: Recorded,
-    cancel: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningConformanceServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningConformanceServer")
-            .field("addr", &self.addr)
+            .field("addr", &self.serving.addr())
             .finish()
     }
 }
@@ -121,12 +117,12 @@ impl std::fmt::Debug for RunningConformanceServer {
 impl RunningConformanceServer {
     /// The bound address (127.0.0.1 unless asked otherwise).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.serving.addr()
     }
 
     /// The MCP endpoint, `http://127.0.0.1:PORT/mcp`.
     pub fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
+        self.serving.url()
     }
 
     /// Every HTTP request received on `/mcp` so far, in order.
@@ -136,31 +132,12 @@ impl RunningConformanceServer {
 
     /// The JSON-RPC methods received so far, in order (from [`Self::requests`]).
     pub fn jsonrpc_methods(&self) -> Vec<String> {
-        self.requests()
-            .into_iter()
-            .filter_map(|r| r.jsonrpc_method)
-            .collect()
+        crate::jsonrpc_methods(self.requests())
     }
 
     /// Stops the server: ends every session and stream and waits (up to 5 s) for the listener.
     pub async fn shutdown(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .is_err()
-        {
-            tracing::warn!(addr = %self.addr, "conformance server did not stop within 5 s");
-        }
-    }
-}
-
-impl Drop for RunningConformanceServer {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.serving.stop("conformance server").await;
     }
 }
 
@@ -182,25 +159,11 @@ pub async fn spawn_on(
     let cancel = CancellationToken::new();
     let requests = Recorded::default();
     let app = router(cancel.child_token(), requests.clone());
-    let stop = cancel.clone();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled_owned().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "conformance server stopped with an error");
-        }
-    });
     Ok(RunningConformanceServer {
-        addr,
+        serving: Serving::start(listener, addr, cancel, app, "conformance server"),
         requests,
-        cancel,
-        task: Some(task),
     })
 }
-
-/// The requests a server received.
-type Recorded = Arc<Mutex<Vec<RecordedRequest>>>;
 
 /// The axum router: the MCP endpoint at `/mcp`, every request recorded into `requests`.
 fn router(cancel: CancellationToken, requests: Recorded) -> axum::Router {
@@ -220,15 +183,4 @@ fn router(cancel: CancellationToken, requests: Recorded) -> axum::Router {
     axum::Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn_with_state(requests, record))
-}
-
-/// Records each request, then passes it on unchanged.
-async fn record(State(requests): State<Recorded>, request: Request, next: Next) -> Response {
-    match crate::describe(request).await {
-        Ok((recorded, request)) => {
-            lock(&requests).push(recorded);
-            next.run(request).await
-        }
-        Err(refused) => refused,
-    }
 }

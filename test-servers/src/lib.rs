@@ -124,7 +124,7 @@ pub(crate) struct Shared {
     config: TestServerConfig,
     variant: AtomicU32,
     calls: Mutex<Vec<String>>,
-    requests: Mutex<Vec<RecordedRequest>>,
+    requests: Recorded,
     peers: Mutex<Vec<Peer<RoleServer>>>,
 }
 
@@ -174,16 +174,88 @@ impl Shared {
 /// A test server running in this process. Dropping it stops it (like [`RunningServer::shutdown`],
 /// without waiting).
 pub struct RunningServer {
-    addr: SocketAddr,
+    serving: Serving,
     shared: Arc<Shared>,
+}
+
+/// A router served on a bound listener until cancelled: the lifecycle every server of this
+/// crate shares. Dropping it stops the server without waiting.
+pub(crate) struct Serving {
+    addr: SocketAddr,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Serve `app` on `listener` (bound to `addr`) until `cancel` (`what` names the server in
+    /// logs).
+    pub(crate) fn start(
+        listener: tokio::net::TcpListener,
+        addr: SocketAddr,
+        cancel: CancellationToken,
+        app: Router,
+        what: &'static str,
+    ) -> Self {
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled_owned().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "{what} stopped with an error");
+            }
+        });
+        Self {
+            addr,
+            cancel,
+            task: Some(task),
+        }
+    }
+
+    /// The bound address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The MCP endpoint, `http://ADDR/mcp`.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// End every session and open stream and wait (up to 5 s) for the listener task.
+    pub(crate) async fn stop(&mut self, what: &'static str) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+        {
+            tracing::warn!(addr = %self.addr, "{what} did not stop within 5 s");
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The JSON-RPC methods of `requests`, in order (requests without one are skipped).
+fn jsonrpc_methods(requests: Vec<RecordedRequest>) -> Vec<String> {
+    requests
+        .into_iter()
+        .filter_map(|r| r.jsonrpc_method)
+        .collect()
 }
 
 impl std::fmt::Debug for RunningServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningServer")
-            .field("addr", &self.addr)
+            .field("addr", &self.serving.addr)
             .field("config", &self.shared.config)
             .finish()
     }
@@ -192,12 +264,12 @@ impl std::fmt::Debug for RunningServer {
 impl RunningServer {
     /// The bound address (always 127.0.0.1).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.serving.addr()
     }
 
     /// The MCP endpoint, `http://127.0.0.1:PORT/mcp`.
     pub fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
+        self.serving.url()
     }
 
     /// Switches the `echo` tool's description and input schema (`0` is the original; any other
@@ -221,32 +293,13 @@ impl RunningServer {
 
     /// The JSON-RPC methods received so far, in order (from [`Self::requests`]).
     pub fn jsonrpc_methods(&self) -> Vec<String> {
-        self.requests()
-            .into_iter()
-            .filter_map(|r| r.jsonrpc_method)
-            .collect()
+        jsonrpc_methods(self.requests())
     }
 
     /// Stops the server: ends every session and open stream and waits (up to 5 s) for the
     /// listener task.
     pub async fn shutdown(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .is_err()
-        {
-            tracing::warn!(addr = %self.addr, "test server did not stop within 5 s");
-        }
-    }
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.serving.stop("test server").await;
     }
 }
 
@@ -270,25 +323,14 @@ pub async fn spawn_on(config: TestServerConfig, addr: SocketAddr) -> anyhow::Res
         config,
         variant: AtomicU32::new(0),
         calls: Mutex::default(),
-        requests: Mutex::default(),
+        requests: Recorded::default(),
         peers: Mutex::default(),
     });
     let cancel = CancellationToken::new();
     let app = router(shared.clone(), cancel.child_token());
-    let stop = cancel.clone();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled_owned().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "test server stopped with an error");
-        }
-    });
     Ok(RunningServer {
-        addr,
+        serving: Serving::start(listener, addr, cancel, app, "test server"),
         shared,
-        cancel,
-        task: Some(task),
     })
 }
 
@@ -314,7 +356,10 @@ fn router(shared: Arc<Shared>, cancel: CancellationToken) -> Router {
         .route("/_test/calls", get(calls_endpoint))
         .route("/_test/variant/{n}", post(variant_endpoint))
         .nest_service("/mcp", mcp)
-        .layer(middleware::from_fn_with_state(shared.clone(), record))
+        .layer(middleware::from_fn_with_state(
+            shared.requests.clone(),
+            record,
+        ))
         .with_state(shared)
 }
 
@@ -331,15 +376,23 @@ async fn variant_endpoint(State(shared): State<Arc<Shared>>, Path(n): Path<u32>)
     axum::Json(serde_json::json!({ "variant": n })).into_response()
 }
 
-/// Records each request to `/mcp` (method, path, headers, JSON-RPC method, body), then passes
-/// it on unchanged.
-async fn record(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+/// The requests a server received.
+pub(crate) type Recorded = Arc<Mutex<Vec<RecordedRequest>>>;
+
+/// Records each request to `/mcp` (method, path, headers, JSON-RPC method, body) into
+/// `requests`, then passes it on unchanged (the test servers' `/_test/` routes are not
+/// recorded). Both servers of this crate use it.
+pub(crate) async fn record(
+    State(requests): State<Recorded>,
+    request: Request,
+    next: Next,
+) -> Response {
     if request.uri().path().starts_with("/_test/") {
         return next.run(request).await;
     }
     match describe(request).await {
         Ok((recorded, request)) => {
-            lock(&shared.requests).push(recorded);
+            lock(&requests).push(recorded);
             next.run(request).await
         }
         Err(refused) => refused,
