@@ -13,7 +13,14 @@
 //! REST write → enforcement on an open connection over 50 changes, and the build and push of a
 //! 10,000-tool catalog.
 //!
-//! Options: `--duration SECS` (default 5), `--rounds N` (default 3), `--filter-only`, `--xds-only`.
+//! `--callgrind` instead counts the instructions Envoy executes per request under valgrind
+//! (repeatable within ~1%, unlike wall-clock time on these machines): the same upstream and
+//! gateways, 200 warm-up requests, then `--requests N` (default 500) counted ones, one at a
+//! time on one keep-alive connection, for bare Envoy and each `--wasm PATH` (default: the
+//! filter just built), split into wasm JIT code and Envoy's own.
+//!
+//! Options: `--duration SECS` (default 5), `--rounds N` (default 3), `--filter-only`, `--xds-only`,
+//! `--callgrind [--requests N] [--wasm PATH]...`.
 
 use crate::util::{build_wasm, root, sh, step};
 use anyhow::{Context, Result, bail};
@@ -42,12 +49,33 @@ fn free_port() -> Result<u16> {
 }
 
 fn start_envoy(envoy: &std::path::Path, name: &str, yaml: &str, admin: u16) -> Result<Envoy> {
+    start_envoy_under(&[], envoy, name, yaml, admin, Duration::from_secs(60))
+}
+
+/// Start Envoy (one worker) with config `yaml`, run under `wrapper` (a command line the Envoy
+/// command is appended to, e.g. valgrind; empty: none), and wait until its admin says ready.
+fn start_envoy_under(
+    wrapper: &[String],
+    envoy: &std::path::Path,
+    name: &str,
+    yaml: &str,
+    admin: u16,
+    ready_within: Duration,
+) -> Result<Envoy> {
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let cfg = dir.join(format!("{name}.yaml"));
     std::fs::write(&cfg, yaml)?;
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let child = Command::new(envoy)
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(envoy);
+            c
+        }
+        None => Command::new(envoy),
+    };
+    let child = cmd
         .arg("-c")
         .arg(&cfg)
         .args([
@@ -62,7 +90,7 @@ fn start_envoy(envoy: &std::path::Path, name: &str, yaml: &str, admin: u16) -> R
         .spawn()
         .with_context(|| format!("cannot start Envoy ({name})"))?;
     let mut e = Envoy { child };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + ready_within;
     loop {
         let last = match crate::util::http(admin, "GET", "/ready", None, None) {
             Ok((200, _)) => return Ok(e),
@@ -74,7 +102,8 @@ fn start_envoy(envoy: &std::path::Path, name: &str, yaml: &str, admin: u16) -> R
         }
         if Instant::now() > deadline {
             bail!(
-                "Envoy ({name}) not ready after 60 s (admin :{admin} said: {last}); see target/bench/{name}.log"
+                "Envoy ({name}) not ready after {} s (admin :{admin} said: {last}); see target/bench/{name}.log",
+                ready_within.as_secs()
             );
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -299,6 +328,9 @@ fn ensure_wrk() -> Result<()> {
 
 /// Run the benchmarks and print (and save) the tables.
 pub fn run(args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "--callgrind") {
+        return callgrind(args);
+    }
     let only_xds = args.iter().any(|a| a == "--xds-only");
     let only_filter = args.iter().any(|a| a == "--filter-only");
     let mut report = String::new();
@@ -465,4 +497,213 @@ fn check_call(port: u16) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--callgrind`: instructions per request under valgrind, bare Envoy vs each filter.
+fn callgrind(args: &[String]) -> Result<()> {
+    let n = arg(args, "--requests", 500)?;
+    let tools = crate::setup::run()?;
+    let mut wasms: Vec<std::path::PathBuf> = args
+        .iter()
+        .zip(args.iter().skip(1))
+        .filter(|(flag, _)| *flag == "--wasm")
+        .map(|(_, path)| path.into())
+        .collect();
+    if wasms.is_empty() {
+        wasms.push(build_wasm()?);
+    }
+    let (up_port, up_admin) = (free_port()?, free_port()?);
+    let _upstream = start_envoy(
+        &tools.envoy,
+        "upstream",
+        &upstream_yaml(up_admin, up_port),
+        up_admin,
+    )?;
+    let mut variants: Vec<(String, Option<&std::path::Path>)> = vec![("bare Envoy".into(), None)];
+    variants.extend(
+        wasms
+            .iter()
+            .map(|w| (w.display().to_string(), Some(w.as_path()))),
+    );
+    let mut bare = None;
+    let mut report = String::new();
+    for (i, (name, wasm)) in variants.iter().enumerate() {
+        step(&format!("callgrind: {name} ({n} requests)"));
+        let (jit, other) =
+            count_instructions(&tools.envoy, &format!("callgrind{i}"), up_port, *wasm, n)?;
+        let total = jit + other;
+        let base = *bare.get_or_insert(total);
+        let line = format!(
+            "{name}: {total:.0} instructions/request ({:+.0} vs bare; wasm JIT {jit:.0})",
+            total - base
+        );
+        println!("{line}");
+        let _ = writeln!(report, "{line}");
+    }
+    std::fs::write(root().join("target/bench/callgrind.md"), &report)?;
+    eprintln!("(saved to target/bench/callgrind.md)");
+    Ok(())
+}
+
+/// Run one gateway under callgrind, send 200 warm-up and `n` counted `tools/call`s, and return
+/// instructions per request as (wasm JIT code, everything else).
+fn count_instructions(
+    envoy: &std::path::Path,
+    name: &str,
+    upstream: u16,
+    wasm: Option<&std::path::Path>,
+    n: u32,
+) -> Result<(f64, f64)> {
+    let out = root().join(format!("target/bench/{name}.callgrind"));
+    for old in std::fs::read_dir(root().join("target/bench"))?.filter_map(|e| e.ok()) {
+        if old
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{name}.callgrind"))
+        {
+            let _ = std::fs::remove_file(old.path());
+        }
+    }
+    let (port, admin) = (free_port()?, free_port()?);
+    let wrapper: Vec<String> = [
+        "valgrind",
+        "--tool=callgrind",
+        "--smc-check=all-non-file",
+        "--instr-atstart=no",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([format!("--callgrind-out-file={}", out.display())])
+    .collect();
+    let gw = start_envoy_under(
+        &wrapper,
+        envoy,
+        name,
+        &gateway_yaml(admin, port, upstream, wasm),
+        admin,
+        Duration::from_secs(600),
+    )?;
+    let mut conn = KeepAlive::connect(port)?;
+    for _ in 0..200 {
+        conn.call()?;
+    }
+    let control = |what: &[&str]| {
+        Command::new("callgrind_control")
+            .args(what)
+            .arg(gw.child.id().to_string())
+            .output()
+            .context("cannot run callgrind_control (valgrind)")
+    };
+    control(&["-i", "on"])?;
+    for _ in 0..n {
+        conn.call()?;
+    }
+    control(&["-i", "off"])?;
+    control(&["-d"])?;
+    drop(gw);
+    // callgrind numbers the dumps it writes on request (`<file>.1`, ...): the newest one.
+    let dir = out.parent().context("dump directory")?;
+    let prefix = out
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dump = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| Some((e.metadata().ok()?, e.path())))
+        .filter(|(m, _)| m.len() > 0)
+        .max_by_key(|(m, _)| m.modified().ok())
+        .map(|(_, p)| p)
+        .with_context(|| format!("callgrind wrote no dump next to {}", out.display()))?;
+    by_object(&dump, f64::from(n))
+}
+
+/// One keep-alive connection sending the benchmark's `tools/call`.
+struct KeepAlive {
+    stream: std::io::BufReader<std::net::TcpStream>,
+    port: u16,
+}
+
+impl KeepAlive {
+    fn connect(port: u16) -> Result<Self> {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        Ok(Self {
+            stream: std::io::BufReader::new(s),
+            port,
+        })
+    }
+
+    /// Send the call and read the answer (`content-length` framed), which must be the sum.
+    fn call(&mut self) -> Result<()> {
+        use std::io::{BufRead, Read, Write};
+        // One write: a request split over several segments costs Envoy more reads.
+        let request = format!(
+            "POST /servers/bench/mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAccept-Encoding: identity\r\nContent-Length: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\r\n{BODY}",
+            self.port,
+            BODY.len()
+        );
+        self.stream.get_mut().write_all(request.as_bytes())?;
+        let mut status = String::new();
+        self.stream.read_line(&mut status)?;
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line)?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse::<usize>().ok();
+            }
+        }
+        let length = length.context("the gateway's answer has no content-length")?;
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body)?;
+        let body = String::from_utf8_lossy(&body);
+        if !status.starts_with("HTTP/1.1 200") || !body.contains("\"sum\":5") {
+            bail!("unexpected answer through the gateway: {status} {body}");
+        }
+        Ok(())
+    }
+}
+
+/// Instructions per request in a callgrind dump, as (wasm JIT code, everything else): code
+/// without an object file (`???`, V8's generated code) is the wasm.
+fn by_object(dump: &std::path::Path, n: f64) -> Result<(f64, f64)> {
+    let out = Command::new("callgrind_annotate")
+        .args(["--inclusive=no", "--threshold=100"])
+        .arg(dump)
+        .output()
+        .context("cannot run callgrind_annotate (valgrind)")?;
+    let (mut jit, mut other) = (0f64, 0f64);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // `  1,234 (0.5%)  function [object]`
+        let line = line.trim();
+        let Some((count, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(count) = count.replace(',', "").parse::<f64>() else {
+            continue;
+        };
+        let Some((function, object)) = rest.strip_suffix(']').and_then(|r| r.rsplit_once('['))
+        else {
+            continue;
+        };
+        if !rest.trim_start().starts_with('(') {
+            continue;
+        }
+        if object == "???" && !function.contains("0x00000000") {
+            jit += count;
+        } else {
+            other += count;
+        }
+    }
+    if jit + other == 0.0 {
+        bail!("no instructions in {}", dump.display());
+    }
+    Ok((jit / n, other / n))
 }
