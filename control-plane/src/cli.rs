@@ -431,35 +431,18 @@ pub async fn mcp_servers(opts: &ClientOpts, cmd: McpServersCmd) -> Result<(), Cl
         }
         McpServersCmd::List => {
             let v = c.get_all("/v1/mcp-servers", &[]).await?;
-            let rows: Vec<Vec<String>> = v["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|m| {
-                    vec![
-                        s(m, "/name"),
-                        s(m, "/health/status"),
-                        s(m, "/counts/tools"),
-                        s(m, "/counts/prompts"),
-                        s(m, "/counts/resources"),
-                        s(m, "/counts/drifted"),
-                        s(m, "/transport"),
-                        s(m, "/url"),
-                    ]
-                })
-                .collect();
-            let t = table(
+            let t = columns_table(
+                &v["items"],
                 &[
-                    "NAME",
-                    "HEALTH",
-                    "TOOLS",
-                    "PROMPTS",
-                    "RESOURCES",
-                    "DRIFTED",
-                    "TRANSPORT",
-                    "URL",
+                    ("NAME", "/name"),
+                    ("HEALTH", "/health/status"),
+                    ("TOOLS", "/counts/tools"),
+                    ("PROMPTS", "/counts/prompts"),
+                    ("RESOURCES", "/counts/resources"),
+                    ("DRIFTED", "/counts/drifted"),
+                    ("TRANSPORT", "/transport"),
+                    ("URL", "/url"),
                 ],
-                &rows,
             );
             (v, t)
         }
@@ -854,6 +837,30 @@ fn ms(v: &Value, ptr: &str) -> String {
         .map_or_else(|| "-".into(), |x| format!("{x}"))
 }
 
+/// A table of `items` (a JSON array) with one column per `(header, JSON pointer)`; a pointer
+/// ending in `_ms` is a latency ([`ms`]), anything else is shown as is ([`s`]).
+fn columns_table(items: &Value, columns: &[(&str, &str)]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            columns
+                .iter()
+                .map(|(_, ptr)| {
+                    if ptr.ends_with("_ms") {
+                        ms(item, ptr)
+                    } else {
+                        s(item, ptr)
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    table(&headers, &rows)
+}
+
 /// Run a `toolmesh usage` command.
 pub async fn usage(opts: &ClientOpts, cmd: UsageCmd) -> Result<(), CliError> {
     let c = Client::new(opts);
@@ -868,39 +875,20 @@ pub async fn usage(opts: &ClientOpts, cmd: UsageCmd) -> Result<(), CliError> {
             q.extend(virtual_server.map(|v| ("virtual_server", v)));
             q.extend(mcp_server.map(|v| ("mcp_server", v)));
             let v = c.get("/v1/usage/tools", &q).await?;
-            let rows: Vec<Vec<String>> = v["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| {
-                    vec![
-                        s(t, "/virtual_server"),
-                        s(t, "/mcp_server"),
-                        s(t, "/tool"),
-                        s(t, "/calls"),
-                        s(t, "/errors"),
-                        s(t, "/denied"),
-                        ms(t, "/p50_ms"),
-                        ms(t, "/p95_ms"),
-                        ms(t, "/p99_ms"),
-                        s(t, "/last_called"),
-                    ]
-                })
-                .collect();
-            let t = table(
+            let t = columns_table(
+                &v["items"],
                 &[
-                    "VIRTUAL SERVER",
-                    "MCP SERVER",
-                    "TOOL",
-                    "CALLS",
-                    "ERRORS",
-                    "DENIED",
-                    "P50 MS",
-                    "P95 MS",
-                    "P99 MS",
-                    "LAST CALLED",
+                    ("VIRTUAL SERVER", "/virtual_server"),
+                    ("MCP SERVER", "/mcp_server"),
+                    ("TOOL", "/tool"),
+                    ("CALLS", "/calls"),
+                    ("ERRORS", "/errors"),
+                    ("DENIED", "/denied"),
+                    ("P50 MS", "/p50_ms"),
+                    ("P95 MS", "/p95_ms"),
+                    ("P99 MS", "/p99_ms"),
+                    ("LAST CALLED", "/last_called"),
                 ],
-                &rows,
             );
             (v, t)
         }
@@ -908,35 +896,18 @@ pub async fn usage(opts: &ClientOpts, cmd: UsageCmd) -> Result<(), CliError> {
             let v = c
                 .get("/v1/usage/virtual-servers", &[("since", since)])
                 .await?;
-            let rows: Vec<Vec<String>> = v["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| {
-                    vec![
-                        s(t, "/virtual_server"),
-                        s(t, "/requests"),
-                        s(t, "/calls"),
-                        s(t, "/errors"),
-                        s(t, "/denied"),
-                        s(t, "/tools_called"),
-                        ms(t, "/p99_ms"),
-                        s(t, "/last_called"),
-                    ]
-                })
-                .collect();
-            let t = table(
+            let t = columns_table(
+                &v["items"],
                 &[
-                    "VIRTUAL SERVER",
-                    "REQUESTS",
-                    "CALLS",
-                    "ERRORS",
-                    "DENIED",
-                    "TOOLS CALLED",
-                    "P99 MS",
-                    "LAST CALLED",
+                    ("VIRTUAL SERVER", "/virtual_server"),
+                    ("REQUESTS", "/requests"),
+                    ("CALLS", "/calls"),
+                    ("ERRORS", "/errors"),
+                    ("DENIED", "/denied"),
+                    ("TOOLS CALLED", "/tools_called"),
+                    ("P99 MS", "/p99_ms"),
+                    ("LAST CALLED", "/last_called"),
                 ],
-                &rows,
             );
             (v, t)
         }
@@ -950,57 +921,26 @@ pub async fn usage(opts: &ClientOpts, cmd: UsageCmd) -> Result<(), CliError> {
             q.extend(virtual_server.map(|v| ("virtual_server", v)));
             q.extend(token_id.map(|v| ("token", v)));
             let v = c.get("/v1/usage/tokens", &q).await?;
-            let rows: Vec<Vec<String>> = v["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| {
-                    vec![
-                        s(t, "/virtual_server"),
-                        s(t, "/token"),
-                        s(t, "/token_name"),
-                        s(t, "/calls"),
-                        s(t, "/errors"),
-                        s(t, "/denied"),
-                        ms(t, "/p50_ms"),
-                        ms(t, "/p95_ms"),
-                        ms(t, "/p99_ms"),
-                        s(t, "/last_seen"),
-                    ]
-                })
-                .collect();
-            let t = table(
+            let t = columns_table(
+                &v["items"],
                 &[
-                    "VIRTUAL SERVER",
-                    "TOKEN",
-                    "NAME",
-                    "CALLS",
-                    "ERRORS",
-                    "DENIED",
-                    "P50 MS",
-                    "P95 MS",
-                    "P99 MS",
-                    "LAST SEEN",
+                    ("VIRTUAL SERVER", "/virtual_server"),
+                    ("TOKEN", "/token"),
+                    ("NAME", "/token_name"),
+                    ("CALLS", "/calls"),
+                    ("ERRORS", "/errors"),
+                    ("DENIED", "/denied"),
+                    ("P50 MS", "/p50_ms"),
+                    ("P95 MS", "/p95_ms"),
+                    ("P99 MS", "/p99_ms"),
+                    ("LAST SEEN", "/last_seen"),
                 ],
-                &rows,
             );
             (v, t)
         }
         UsageCmd::Unused { since } => {
             let v = c.get("/v1/usage/unused", &[("since", since)]).await?;
             let list = |key: &str| v[key].as_array().cloned().unwrap_or_default();
-            let unused: Vec<Vec<String>> = list("exposed_unused")
-                .iter()
-                .map(|t| {
-                    vec![
-                        s(t, "/virtual_server"),
-                        s(t, "/mcp_server"),
-                        s(t, "/tool"),
-                        s(t, "/exposed_as"),
-                        s(t, "/last_called"),
-                    ]
-                })
-                .collect();
             let not_exposed: Vec<Vec<String>> = list("not_exposed")
                 .iter()
                 .map(|t| {
@@ -1029,15 +969,15 @@ pub async fn usage(opts: &ClientOpts, cmd: UsageCmd) -> Result<(), CliError> {
                 })
                 .collect();
             let mut t = format!("Exposed but not called since {}:\n", s(&v, "/since"));
-            t.push_str(&table(
+            t.push_str(&columns_table(
+                &v["exposed_unused"],
                 &[
-                    "VIRTUAL SERVER",
-                    "MCP SERVER",
-                    "TOOL",
-                    "EXPOSED AS",
-                    "LAST CALLED",
+                    ("VIRTUAL SERVER", "/virtual_server"),
+                    ("MCP SERVER", "/mcp_server"),
+                    ("TOOL", "/tool"),
+                    ("EXPOSED AS", "/exposed_as"),
+                    ("LAST CALLED", "/last_called"),
                 ],
-                &unused,
             ));
             t.push_str("\nIn no virtual server:\n");
             t.push_str(&table(
