@@ -124,7 +124,7 @@ enum Slot {
 
 /// A local answer waiting for callouts.
 #[derive(Debug)]
-struct Pending2 {
+struct LocalCalls {
     kind: LocalKind,
     vs: usize,
     id: Option<Id>,
@@ -140,7 +140,7 @@ enum Phase {
     Denied,
     Forwarded,
     /// Answering locally after callouts.
-    Calling(Pending2),
+    Calling(LocalCalls),
 }
 
 #[derive(Debug)]
@@ -380,7 +380,7 @@ impl Flow {
         self.session_id = head.session_id.map(str::to_owned);
         match decide_head(&self.policy, head) {
             HeadDecision::Forward(f) => self.forward(f, now_ms),
-            HeadDecision::Local(l) => self.local(l, now_ms),
+            HeadDecision::Local(l) => self.local(l),
             HeadDecision::Deny(d) => self.deny(d),
             HeadDecision::ReadBody(p) => {
                 self.phase = Phase::ReadingBody(p);
@@ -442,7 +442,7 @@ impl Flow {
         };
         match decide_body(&self.policy, p, body) {
             BodyDecision::Forward(f) => self.forward(f, now_ms),
-            BodyDecision::Local(l) => self.local(l, now_ms),
+            BodyDecision::Local(l) => self.local(l),
             BodyDecision::Deny(d) => self.deny(d),
         }
     }
@@ -560,7 +560,7 @@ impl Flow {
     }
 
     /// A request the filter answers itself.
-    fn local(&mut self, l: Local, now_ms: u64) -> RequestAction {
+    fn local(&mut self, l: Local) -> RequestAction {
         let policy = Rc::clone(&self.policy);
         let Some(vs) = policy.virtual_server_at(l.vs) else {
             return RequestAction::Deny(Reply::new(404, Vec::new()));
@@ -626,8 +626,7 @@ impl Flow {
                         label: format!("initialize of MCP server '{}'", m.mcp_server),
                     });
                 }
-                self.started_ms = now_ms;
-                self.phase = Phase::Calling(Pending2 {
+                self.phase = Phase::Calling(LocalCalls {
                     slots: vec![Slot::Initializing; vs.members.len()],
                     kind: l.kind.clone(),
                     vs: l.vs,
@@ -684,7 +683,7 @@ impl Flow {
                 if calls.is_empty() {
                     return RequestAction::Deny(Reply::new(200, Vec::new()));
                 }
-                self.phase = Phase::Calling(Pending2 {
+                self.phase = Phase::Calling(LocalCalls {
                     slots,
                     kind: l.kind.clone(),
                     vs: l.vs,
