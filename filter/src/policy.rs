@@ -96,14 +96,8 @@ pub struct CompiledMember {
     pub completions: bool,
     /// The upstream declares `resources.subscribe: true`.
     pub subscribe: bool,
-    /// Upstream tool name → exposed names (one upstream tool may be exposed under several).
-    pub tools_by_upstream: HashMap<String, Vec<String>>,
-    /// Upstream prompt name → exposed names.
-    pub prompts_by_upstream: HashMap<String, Vec<String>>,
     /// Allowed static resource URIs.
     pub resources: HashSet<String>,
-    /// Allowed resource templates, compiled.
-    pub templates: Vec<UriTemplate>,
     /// Allowed resource templates, as written.
     pub template_strings: HashSet<String>,
 }
@@ -327,18 +321,10 @@ fn compile_vs(
                 .and_then(|r| r.get("subscribe"))
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false),
-            tools_by_upstream: HashMap::new(),
-            prompts_by_upstream: HashMap::new(),
             resources: HashSet::new(),
-            templates: Vec::new(),
             template_strings: HashSet::new(),
         };
         for t in &m.tools {
-            member
-                .tools_by_upstream
-                .entry(t.upstream_name.clone())
-                .or_default()
-                .push(t.name.clone());
             if !out.tools.contains_key(&t.name) {
                 out.listing.tools.push(render_item(
                     &t.definition,
@@ -362,11 +348,6 @@ fn compile_vs(
                 .or_insert_with(|| t.name.clone());
         }
         for p in &m.prompts {
-            member
-                .prompts_by_upstream
-                .entry(p.upstream_name.clone())
-                .or_default()
-                .push(p.name.clone());
             if !out.prompts.contains_key(&p.name) {
                 out.listing.prompts.push(render_item(
                     &p.definition,
@@ -402,7 +383,6 @@ fn compile_vs(
         }
         for t in &m.resource_templates {
             let compiled = UriTemplate::parse(&t.uri_template);
-            member.templates.push(compiled.clone());
             member.template_strings.insert(t.uri_template.clone());
             if !out.template_strings.contains_key(&t.uri_template) {
                 out.listing.templates.push(render_item(
@@ -606,14 +586,15 @@ pub(crate) mod tests {
         let vs = demo(&p);
         assert_eq!(vs.primary().map(|m| &*m.cluster), Some("up_everything"));
         assert_eq!(vs.tools().count(), 4);
-        let m0 = vs.member(0).unwrap_or_else(|| panic!("m0"));
-        let mut sum_names = m0
-            .tools_by_upstream
-            .get("add_numbers")
-            .cloned()
-            .unwrap_or_default();
-        sum_names.sort();
-        assert_eq!(sum_names, vec!["add".to_string(), "sum".to_string()]);
+        // One upstream tool exposed under two names: both are allowed and map back to it.
+        for exposed in ["add", "sum"] {
+            match vs.tool(exposed) {
+                Lookup::Allowed(item) => {
+                    assert_eq!((item.member, item.upstream.as_str()), (0, "add_numbers"));
+                }
+                other => panic!("{exposed}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Why: MCP servers answer a POST with an SSE stream that can carry progress notifications,
 //! log messages and server requests before the response, spread over minutes. The filter must
 //! pass each event on as soon as it is complete (never buffer the stream), yet it needs whole
-//! events to find and rewrite the JSON-RPC response inside. [`SseSplitter`] buffers only the
+//! events to find the JSON-RPC response inside (call outcomes; a member's `initialize` answer). [`SseSplitter`] buffers only the
 //! bytes of the current, incomplete event.
 //!
 //! Framing follows the HTML Living Standard: lines end with CRLF, LF or CR; an empty line ends
@@ -148,38 +148,6 @@ pub fn event_data(raw: &[u8]) -> Option<String> {
     data.and_then(|d| String::from_utf8(d).ok())
 }
 
-/// Rebuild an event with its data replaced by `data` (which must not contain line breaks):
-/// other fields (`event:`, `id:`, `retry:`, comments) are kept in order, the data lines become
-/// one `data:` line at the place of the first, and the event ends with a blank line.
-pub fn replace_data(raw: &[u8], data: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len().max(data.len() + 16));
-    let mut wrote_data = false;
-    for line in lines(raw) {
-        if line.is_empty() {
-            continue;
-        }
-        let (name, _) = field(line);
-        if name == b"data" {
-            if !wrote_data {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(data.as_bytes());
-                out.push(b'\n');
-                wrote_data = true;
-            }
-            continue;
-        }
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    if !wrote_data {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(data.as_bytes());
-        out.push(b'\n');
-    }
-    out.push(b'\n');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,25 +221,6 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(raw)
             );
-        }
-    }
-
-    #[test]
-    fn data_replacement_keeps_other_fields() {
-        let cases: [(&[u8], &str); 3] = [
-            (
-                b"event: message\r\nid: 7\r\ndata: {\"old\":1}\r\n\r\n",
-                "event: message\nid: 7\ndata: {\"new\":2}\n\n",
-            ),
-            (
-                b"data: a\ndata: b\nretry: 10\n\n",
-                "data: {\"new\":2}\nretry: 10\n\n",
-            ),
-            (b"id: 1\n\n", "id: 1\ndata: {\"new\":2}\n\n"),
-        ];
-        for (raw, want) in cases {
-            let got = replace_data(raw, "{\"new\":2}");
-            assert_eq!(String::from_utf8_lossy(&got), want);
         }
     }
 }
