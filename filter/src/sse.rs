@@ -3,8 +3,8 @@
 //! Why: MCP servers answer a POST with an SSE stream that can carry progress notifications,
 //! log messages and server requests before the response, spread over minutes. The filter must
 //! pass each event on as soon as it is complete (never buffer the stream), yet it needs whole
-//! events to find the JSON-RPC response inside (call outcomes; a member's `initialize` answer). [`SseSplitter`] buffers only the
-//! bytes of the current, incomplete event.
+//! events to find the JSON-RPC response inside (a call's outcome; a member's `initialize`
+//! answer). [`SseSplitter`] buffers only the bytes of the current, incomplete event.
 //!
 //! Framing follows the HTML Living Standard: lines end with CRLF, LF or CR; an empty line ends
 //! an event; `data:` lines are joined with `\n`; one space after the colon is dropped.
