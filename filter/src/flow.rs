@@ -122,6 +122,14 @@ enum Slot {
     Done(MemberSession),
 }
 
+/// What the access-log value names besides the outcome.
+#[derive(Debug, Clone, Copy, Default)]
+struct LogHead {
+    vs: Option<usize>,
+    method: Option<crate::stats::MethodStat>,
+    tool: Option<ToolRef>,
+}
+
 /// A local answer waiting for callouts.
 #[derive(Debug)]
 struct LocalCalls {
@@ -172,8 +180,8 @@ pub struct Flow {
     notes: Vec<String>,
     /// The access-log value, once complete (see [`LOG_PROPERTY`]).
     log: Option<String>,
-    /// Its first three fields.
-    log_head: String,
+    /// What its first three fields name (formatted only with the outcome).
+    log_head: LogHead,
     /// The virtual server of the forwarded call (for the caller's `errors`).
     call_vs: Option<usize>,
 }
@@ -205,7 +213,7 @@ impl Flow {
             strip_session: false,
             notes: Vec::new(),
             log: None,
-            log_head: String::new(),
+            log_head: LogHead::default(),
             call_vs: None,
         }
     }
@@ -260,21 +268,24 @@ impl Flow {
         &mut self,
         vs: Option<usize>,
         method: Option<crate::stats::MethodStat>,
-        tool: Option<(&str, &str)>,
+        tool: Option<ToolRef>,
     ) {
-        let vs = vs
-            .and_then(|i| self.policy.virtual_server_at(i))
-            .map_or("-", |v| v.name.as_str());
-        let method = method.map_or("-", |m| m.as_str());
-        self.log_head = match tool {
-            Some((server, name)) => format!("{vs} {method} {server}/{name}"),
-            None => format!("{vs} {method} -"),
-        };
+        self.log_head = LogHead { vs, method, tool };
     }
 
     /// Finish the access-log value with the outcome.
     fn log_outcome(&mut self, outcome: &str) {
-        self.log = Some(format!("{} {outcome}", self.log_head));
+        let h = self.log_head;
+        let vs =
+            h.vs.and_then(|i| self.policy.virtual_server_at(i))
+                .map_or("-", |v| v.name.as_str());
+        let method = h.method.map_or("-", |m| m.as_str());
+        self.log = Some(
+            match h.tool.and_then(|t| self.policy.tool_identity(t.stat)) {
+                Some((server, name)) => format!("{vs} {method} {server}/{name} {outcome}"),
+                None => format!("{vs} {method} - {outcome}"),
+            },
+        );
     }
 
     /// Lines the shell should log at warning level (member sessions that failed to open).
@@ -527,8 +538,7 @@ impl Flow {
         }
         self.phase = Phase::Forwarded;
         self.stats.push(StatOp::inc(vs_rq(f.vs, f.method)));
-        let tool = f.tool.and_then(|t| policy.tool_identity(t.stat));
-        self.log_request(Some(f.vs), Some(f.method), tool);
+        self.log_request(Some(f.vs), Some(f.method), f.tool);
         if f.tool.is_some() {
             // The outcome is logged when the response ends.
             self.count_caller(f.vs, ToolMetric::Calls);
@@ -835,9 +845,7 @@ impl Flow {
 
     fn deny(&mut self, d: Deny) -> RequestAction {
         self.phase = Phase::Denied;
-        let policy = Rc::clone(&self.policy);
-        let tool = d.tool.and_then(|t| policy.tool_identity(t.stat));
-        self.log_request(d.vs, d.method, tool);
+        self.log_request(d.vs, d.method, d.tool);
         self.log_outcome(&format!("denied.{}", d.reason.as_str()));
         if let Some(vs) = d.vs {
             self.count_caller(vs, ToolMetric::Denied);
