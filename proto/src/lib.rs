@@ -18,7 +18,14 @@ use serde::{Deserialize, Serialize};
 ///
 /// 2: item definitions, member capabilities and authority, session keys, list page size and
 /// allowed hosts (the filter answers `initialize` and the lists itself and seals sessions).
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: each member's stateless protocol versions ([`Member::modern_versions`]); the filter speaks
+/// protocol 2026-07-28 on a virtual server whose members all do.
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// The stateless ("modern") MCP protocol revisions the filter speaks, newest first: requests
+/// carry their protocol version and client capabilities in `params._meta`; there is no
+/// `initialize` and no session.
+pub const MODERN_PROTOCOL_VERSIONS: &[&str] = &["2026-07-28"];
 
 /// Default cap on a buffered JSON-RPC request body (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: u32 = 1024 * 1024;
@@ -207,6 +214,12 @@ pub struct Member {
     /// server's `initialize` answer.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub capabilities: serde_json::Map<String, serde_json::Value>,
+    /// The stateless protocol versions (2026-07-28 and later) the upstream lists in its
+    /// `server/discover` answer; empty when it speaks only the `initialize` handshake. A virtual
+    /// server speaks a stateless version only when every member does: the filter forwards such
+    /// requests to the owning member unchanged but for names, without a session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modern_versions: Vec<String>,
     /// Allowed tools.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<NamedItem>,
@@ -303,6 +316,7 @@ impl Member {
             path: path.into(),
             authority: authority.into(),
             capabilities: serde_json::Map::new(),
+            modern_versions: Vec::new(),
             tools: Vec::new(),
             prompts: Vec::new(),
             resources: Vec::new(),

@@ -17,6 +17,7 @@ fn sample() -> PolicySnapshot {
                     .as_object()
                     .cloned()
                     .unwrap(),
+                modern_versions: vec!["2026-07-28".into()],
                 tools: vec![NamedItem {
                     definition:
                         serde_json::json!({"name": "add", "inputSchema": {"type": "object"}})
@@ -43,7 +44,7 @@ fn sample() -> PolicySnapshot {
     }
 }
 
-const GOLDEN: &str = r#"{"schema_version":2,"catalog_version":"7","limits":{"max_body_bytes":1048576,"list_page_size":100},"virtual_servers":[{"name":"demo","members":[{"mcp_server":"everything","cluster":"mcp_everything","path":"/mcp","authority":"127.0.0.1:3001","capabilities":{"logging":{},"tools":{}},"tools":[{"name":"add_numbers","upstream_name":"add","definition":{"inputSchema":{"type":"object"},"name":"add"}}],"prompts":[{"name":"greet","upstream_name":"greet"}],"resources":[{"uri":"test://static/readme"}],"resource_templates":[{"uri_template":"test://template/{id}/data"}]}]}],"revoked_token_ids":["tok-1"],"sessions":{"keys":[{"id":"k1","secret":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}],"member_timeout_ms":5000}}"#;
+const GOLDEN: &str = r#"{"schema_version":3,"catalog_version":"7","limits":{"max_body_bytes":1048576,"list_page_size":100},"virtual_servers":[{"name":"demo","members":[{"mcp_server":"everything","cluster":"mcp_everything","path":"/mcp","authority":"127.0.0.1:3001","capabilities":{"logging":{},"tools":{}},"modern_versions":["2026-07-28"],"tools":[{"name":"add_numbers","upstream_name":"add","definition":{"inputSchema":{"type":"object"},"name":"add"}}],"prompts":[{"name":"greet","upstream_name":"greet"}],"resources":[{"uri":"test://static/readme"}],"resource_templates":[{"uri_template":"test://template/{id}/data"}]}]}],"revoked_token_ids":["tok-1"],"sessions":{"keys":[{"id":"k1","secret":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}],"member_timeout_ms":5000}}"#;
 
 #[test]
 fn serialized_form_is_pinned() {
@@ -61,14 +62,14 @@ fn golden_parses_back_to_the_same_snapshot() {
 #[test]
 fn unknown_schema_is_refused_by_version() {
     let err =
-        PolicySnapshot::from_json(br#"{"schema_version":3,"catalog_version":"x"}"#).unwrap_err();
-    assert_eq!(err, PolicyError::SchemaVersion { found: 3 });
+        PolicySnapshot::from_json(br#"{"schema_version":4,"catalog_version":"x"}"#).unwrap_err();
+    assert_eq!(err, PolicyError::SchemaVersion { found: 4 });
 }
 
 #[test]
 fn unknown_fields_are_refused() {
     let err = PolicySnapshot::from_json(
-        br#"{"schema_version":2,"catalog_version":"x","virtual_server":[]}"#,
+        br#"{"schema_version":3,"catalog_version":"x","virtual_server":[]}"#,
     )
     .unwrap_err();
     assert!(matches!(err, PolicyError::Parse(m) if m.contains("virtual_server")));
