@@ -577,7 +577,7 @@ mod tests {
 
     fn flow_policy(with_auth: bool) -> std::rc::Rc<crate::policy::CompiledPolicy> {
         let mut s: PolicySnapshot = serde_json::from_value(serde_json::json!({
-            "schema_version": 2, "catalog_version": "1",
+            "schema_version": 3, "catalog_version": "1",
             "virtual_servers": [{"name": "team-a", "members": [{"mcp_server": "up", "cluster": "mcp_up",
                 "path": "/mcp", "authority": "up:80", "tools": [{"name": "echo", "upstream_name": "echo"}]}]}]
         }))

@@ -26,6 +26,8 @@ pub mod codes {
     pub const PARSE_ERROR: i64 = -32700;
     /// Invalid request.
     pub const INVALID_REQUEST: i64 = -32600;
+    /// Method not found (protocol 2026-07-28: the methods it removed, with HTTP 404).
+    pub const METHOD_NOT_FOUND: i64 = -32601;
     /// Invalid params: used for tools and prompts that are not allowed (the MCP spec's code for
     /// an unknown tool).
     pub const INVALID_PARAMS: i64 = -32602;
@@ -35,7 +37,9 @@ pub mod codes {
     pub const RESOURCE_NOT_FOUND: i64 = -32002;
     /// MCP 2026-07-28 header mismatch (`Mcp-Method`/`Mcp-Name` vs body).
     pub const HEADER_MISMATCH: i64 = -32020;
-    /// MCP 2026-07-28 "unsupported protocol version" (answers `server/discover`).
+    /// MCP 2026-07-28 "missing required client capability".
+    pub const MISSING_CLIENT_CAPABILITY: i64 = -32021;
+    /// MCP 2026-07-28 "unsupported protocol version", with `data: {supported, requested}`.
     pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
     /// Session not found (with HTTP 404, so clients initialize again).
     pub const SESSION_NOT_FOUND: i64 = -32001;
@@ -267,11 +271,24 @@ pub enum LocalKind {
         kind: ListKind,
         /// `params.cursor`.
         cursor: Option<String>,
+        /// Asked on the stateless protocol: the result carries `resultType`, caching hints and
+        /// the server's identity ([`crate::modern::decorate_list`]).
+        modern: bool,
     },
-    /// `server/discover`: the gateway does not speak protocol 2026-07-28 yet (-32022).
-    Discover {
+    /// `server/discover` on the stateless protocol: the versions and capabilities
+    /// ([`crate::modern::discover_result`]).
+    Discover,
+    /// A protocol version the virtual server does not speak statelessly (`server/discover`
+    /// or any request at it): -32022 with HTTP 400, naming the versions it speaks, so a client
+    /// that also speaks the handshake falls back to `initialize`.
+    UnsupportedVersion {
         /// The version the client asked for.
         requested: String,
+    },
+    /// A method protocol 2026-07-28 removed (`initialize`, `ping`, ...): -32601 with HTTP 404.
+    MethodNotFound {
+        /// The method.
+        name: String,
     },
     /// DELETE on a virtual server of several members: close every member session.
     CloseSessions,
@@ -334,6 +351,8 @@ pub struct Pending {
     pub mcp_name: Option<String>,
     /// `mcp-protocol-version`, if sent.
     pub protocol_version: Option<String>,
+    /// That header selects the stateless protocol (2026-07-28, [`crate::modern`]).
+    pub modern: bool,
     /// The body cap.
     pub max_body: usize,
 }
@@ -472,6 +491,29 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
             } else {
                 MethodStat::HttpDelete
             };
+            if crate::modern::selects_modern(head.protocol_version) {
+                // The stateless protocol has no notification stream and no session to end.
+                let mut reply = Reply::new(
+                    405,
+                    jsonrpc::error_body(
+                        None,
+                        codes::INVALID_REQUEST,
+                        &format!(
+                            "Protocol {} has no {} requests; use POST",
+                            head.protocol_version.unwrap_or_default(),
+                            head.method
+                        ),
+                    ),
+                );
+                reply.headers.push(("allow", "POST".to_owned()));
+                return HeadDecision::Deny(Deny {
+                    reply,
+                    reason: Reason::HttpMethod,
+                    vs: Some(vs.index),
+                    method: Some(method),
+                    tool: None,
+                });
+            }
             let Some(primary) = vs.primary() else {
                 return HeadDecision::Deny(no_member(vs, None, Some(method)));
             };
@@ -575,6 +617,7 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
                 mcp_method: head.mcp_method.map(str::to_owned),
                 mcp_name: head.mcp_name.map(str::to_owned),
                 protocol_version: head.protocol_version.map(str::to_owned),
+                modern: crate::modern::selects_modern(head.protocol_version),
                 max_body: policy.max_body_bytes,
             })
         }
@@ -746,8 +789,13 @@ impl Ctx<'_> {
         message: &str,
         status_without_id: u16,
     ) -> Deny {
+        let mut reply = reply(id, code, message, status_without_id);
+        if self.pending.modern {
+            // The stateless protocol fixes the statuses of errors.
+            reply.status = crate::modern::status_of(code);
+        }
         Deny {
-            reply: reply(id, code, message, status_without_id),
+            reply,
             reason,
             vs: Some(self.vs.index),
             method: None,
@@ -826,7 +874,13 @@ impl Ctx<'_> {
                 path: new_path(&m.path, self.pending.query.as_deref()),
                 body,
                 mcp_name,
-                session: SessionHeader::Keep,
+                // A stateless request has no session; one a client sent anyway is not the
+                // member's.
+                session: if self.pending.modern {
+                    SessionHeader::Remove
+                } else {
+                    SessionHeader::Keep
+                },
                 protocol_version: None,
             },
             vs: self.vs.index,
@@ -876,6 +930,9 @@ impl Ctx<'_> {
             (Some(m), _) => MethodStat::of(m),
             (None, _) => MethodStat::Response,
         };
+        if self.pending.modern {
+            return self.decide_modern(msg, method);
+        }
         // Mcp-Method must name the body's method.
         if let Some(h) = &self.pending.mcp_method
             && msg.method.as_deref() != Some(h.as_str())
@@ -928,12 +985,13 @@ impl Ctx<'_> {
             }
             "ping" => self.local(msg, method, LocalKind::Empty),
             "server/discover" => {
+                // Without a stateless version header: say which versions there are.
                 let requested = self
                     .pending
                     .protocol_version
                     .clone()
-                    .unwrap_or_else(|| "2026-07-28".to_owned());
-                self.local(msg, method, LocalKind::Discover { requested })
+                    .unwrap_or_else(|| crate::local::DISCOVER_DEFAULT_VERSION.to_owned());
+                self.local(msg, method, LocalKind::UnsupportedVersion { requested })
             }
             "logging/setLevel" => match self.vs.members.iter().position(|m| m.logging) {
                 Some(i) => self.forward(i, msg, method, None, None, None),
@@ -942,8 +1000,111 @@ impl Ctx<'_> {
             _ => match ListKind::of(name) {
                 Some(kind) => {
                     let cursor = self.params().cursor;
-                    self.local(msg, method, LocalKind::List { kind, cursor })
+                    let modern = false;
+                    self.local(
+                        msg,
+                        method,
+                        LocalKind::List {
+                            kind,
+                            cursor,
+                            modern,
+                        },
+                    )
                 }
+                None => self.forward(0, msg, method, None, None, None),
+            },
+        }
+    }
+
+    /// A request on the stateless protocol (2026-07-28, [`crate::modern`]): the spec's checks
+    /// in its order (single request or notification; `_meta` envelope; `MCP-Protocol-Version`,
+    /// `Mcp-Method`, `Mcp-Name` agree with the body; a version the virtual server speaks), then
+    /// the same routing and allowlist as the handshake protocol, with no session.
+    fn decide_modern(&self, msg: &Message<'_>, method: MethodStat) -> BodyDecision {
+        let id = msg.id.as_ref();
+        let header_version = self.pending.protocol_version.as_deref().unwrap_or_default();
+        let Some(name) = msg.method.as_deref() else {
+            return self.invalid(
+                msg,
+                method,
+                "protocol 2026-07-28 takes one JSON-RPC request or notification per POST; \
+                 the server sends no requests a response could answer",
+            );
+        };
+        if msg.id.is_none() {
+            // Nothing upstream acts on a client notification here (cancellation is closing
+            // the response stream): accepted and dropped, as the spec allows.
+            if !self.vs.modern_versions.contains(&header_version) {
+                let requested = header_version.to_owned();
+                return self.local(msg, method, LocalKind::UnsupportedVersion { requested });
+            }
+            return self.local(msg, method, LocalKind::Accepted);
+        }
+        let mismatch = |why: &str| {
+            BodyDecision::Deny(Deny {
+                method: Some(method),
+                tool: None,
+                ..self.deny(Reason::HeaderMismatch, id, codes::HEADER_MISMATCH, why, 400)
+            })
+        };
+        let version = match crate::modern::envelope_version(self.body, header_version) {
+            Ok(v) => v,
+            Err(r) if r.code == codes::HEADER_MISMATCH => return mismatch(&r.message),
+            Err(r) => {
+                return BodyDecision::Deny(Deny {
+                    method: Some(method),
+                    tool: None,
+                    ..self.deny(Reason::InvalidRequest, id, r.code, &r.message, 400)
+                });
+            }
+        };
+        if self.pending.mcp_method.as_deref() != Some(name) {
+            return mismatch("Mcp-Method header does not match the request body's method");
+        }
+        let named = match name {
+            "tools/call" | "prompts/get" => msg.name.is_some().then_some("name"),
+            "resources/read" => msg.uri.is_some().then_some("uri"),
+            _ => None,
+        };
+        if let Some(param) = named
+            && self.pending.mcp_name.is_none()
+        {
+            return mismatch(&format!(
+                "Mcp-Name header is missing; it must carry the request body's '{param}' parameter"
+            ));
+        }
+        if !self.vs.modern_versions.contains(&version.as_str()) {
+            return self.local(
+                msg,
+                method,
+                LocalKind::UnsupportedVersion { requested: version },
+            );
+        }
+        match name {
+            "server/discover" => self.local(msg, method, LocalKind::Discover),
+            "tools/call" => self.named(msg, method, NamedKind::Tool),
+            "prompts/get" => self.named(msg, method, NamedKind::Prompt),
+            "resources/read" => self.resource(msg, method, true),
+            "completion/complete" => self.completion(msg, method),
+            n if crate::modern::REMOVED_METHODS.contains(&n) => {
+                let name = n.to_owned();
+                self.local(msg, method, LocalKind::MethodNotFound { name })
+            }
+            _ => match ListKind::of(name) {
+                Some(kind) => {
+                    let cursor = self.params().cursor;
+                    let modern = true;
+                    self.local(
+                        msg,
+                        method,
+                        LocalKind::List {
+                            kind,
+                            cursor,
+                            modern,
+                        },
+                    )
+                }
+                // Anything else (extensions, subscriptions/listen) is the primary member's.
                 None => self.forward(0, msg, method, None, None, None),
             },
         }

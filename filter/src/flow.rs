@@ -388,7 +388,12 @@ impl Flow {
         if let Some(r) = self.refusal.take() {
             return self.refuse_head(r, head);
         }
-        self.session_id = head.session_id.map(str::to_owned);
+        // The stateless protocol has no sessions: an id sent anyway is neither checked nor
+        // forwarded (the route removes it).
+        self.session_id = head
+            .session_id
+            .filter(|_| !crate::modern::selects_modern(head.protocol_version))
+            .map(str::to_owned);
         match decide_head(&self.policy, head) {
             HeadDecision::Forward(f) => self.forward(f, now_ms),
             HeadDecision::Local(l) => self.local(l),
@@ -578,7 +583,9 @@ impl Flow {
         // Every request but a new session's must carry a session of this virtual server and
         // caller, if it carries one at all.
         let claims = match &l.kind {
-            LocalKind::Initialize { .. } | LocalKind::Discover { .. } => None,
+            LocalKind::Initialize { .. }
+            | LocalKind::Discover
+            | LocalKind::UnsupportedVersion { .. } => None,
             _ => match self.session_claims(vs, l.id.as_ref(), l.method) {
                 Ok(c) => c,
                 Err(d) => return self.deny(d),
@@ -592,36 +599,44 @@ impl Flow {
         match &l.kind {
             LocalKind::Empty => RequestAction::Deny(Self::result_reply(id, "{}")),
             LocalKind::Accepted => RequestAction::Deny(Reply::new(202, Vec::new())),
-            LocalKind::List { kind, cursor } => {
-                match crate::local::list_result(&policy, vs, *kind, cursor.as_deref()) {
-                    Ok(result) => RequestAction::Deny(Self::result_reply(id, &result)),
-                    Err(_) => RequestAction::Deny(Reply::new(
-                        200,
-                        crate::jsonrpc::error_body(
-                            id,
-                            codes::INVALID_PARAMS,
-                            "Invalid cursor: start the list again without one",
-                        ),
-                    )),
+            LocalKind::List {
+                kind,
+                cursor,
+                modern,
+            } => match crate::local::list_result(&policy, vs, *kind, cursor.as_deref()) {
+                Ok(result) if *modern => {
+                    let result = crate::modern::decorate_list(&result, &policy, vs);
+                    RequestAction::Deny(Self::result_reply(id, &result))
                 }
-            }
-            LocalKind::Discover { requested } => {
-                let id_json = id.map_or_else(|| "null".to_owned(), Id::to_json);
-                let data = crate::local::discover_error_data(requested);
-                let message = serde_json::to_string(&format!(
-                    "Unsupported protocol version '{requested}': this gateway speaks {}",
-                    crate::local::SUPPORTED_PROTOCOL_VERSIONS.join(", ")
-                ))
-                .unwrap_or_else(|_| "\"Unsupported protocol version\"".to_owned());
+                Ok(result) => RequestAction::Deny(Self::result_reply(id, &result)),
+                Err(_) => RequestAction::Deny(Reply::new(
+                    if *modern { 400 } else { 200 },
+                    crate::jsonrpc::error_body(
+                        id,
+                        codes::INVALID_PARAMS,
+                        "Invalid cursor: start the list again without one",
+                    ),
+                )),
+            },
+            LocalKind::Discover => RequestAction::Deny(Self::result_reply(
+                id,
+                &crate::modern::discover_result(&policy, vs),
+            )),
+            LocalKind::UnsupportedVersion { requested } => {
+                let r = crate::modern::unsupported_version(vs, requested);
                 RequestAction::Deny(Reply::new(
-                    200,
-                    format!(
-                        r#"{{"jsonrpc":"2.0","id":{id_json},"error":{{"code":{},"message":{message},"data":{data}}}}}"#,
-                        codes::UNSUPPORTED_PROTOCOL_VERSION
-                    )
-                    .into_bytes(),
+                    400,
+                    crate::jsonrpc::error_body_with_data(id, r.code, &r.message, r.data.as_deref()),
                 ))
             }
+            LocalKind::MethodNotFound { name } => RequestAction::Deny(Reply::new(
+                404,
+                crate::jsonrpc::error_body(
+                    id,
+                    codes::METHOD_NOT_FOUND,
+                    &format!("Method not found: '{name}' is not part of protocol 2026-07-28"),
+                ),
+            )),
             LocalKind::Initialize { version } => {
                 let timeout_ms = policy.member_timeout_ms;
                 let body = crate::local::member_initialize_body(version);

@@ -657,9 +657,20 @@ impl<'de> Visitor<'de> for RefSeed<'_, '_> {
 
 /// A JSON-RPC error message as bytes: `{"jsonrpc":"2.0","id":<id or null>,"error":{...}}`.
 pub fn error_body(id: Option<&Id>, code: i64, message: &str) -> Vec<u8> {
+    error_body_with_data(id, code, message, None)
+}
+
+/// [`error_body`] with the error's `data` (JSON text, inserted as is).
+pub fn error_body_with_data(
+    id: Option<&Id>,
+    code: i64,
+    message: &str,
+    data: Option<&str>,
+) -> Vec<u8> {
     let id = id.map_or_else(|| "null".to_owned(), Id::to_json);
     let message = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".to_owned());
-    format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{message}}}}}"#)
+    let data = data.map_or_else(String::new, |d| format!(r#","data":{d}"#));
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{message}{data}}}}}"#)
         .into_bytes()
 }
 

@@ -121,6 +121,7 @@ pub mod flow;
 pub mod jsonrpc;
 pub mod lists;
 pub mod local;
+pub mod modern;
 pub mod outcome;
 pub mod policy;
 pub mod sanitize;

@@ -21,15 +21,16 @@ use crate::lists::ListKind;
 use crate::policy::{CompiledPolicy, CompiledVs};
 use crate::sse::{self, SseSplitter};
 
-/// The MCP protocol versions the gateway speaks, newest first.
+/// The MCP protocol versions the gateway speaks with the `initialize` handshake, newest first
+/// (the stateless ones are [`toolmesh_proto::MODERN_PROTOCOL_VERSIONS`]).
 pub const SUPPORTED_PROTOCOL_VERSIONS: [&str; 4] =
     ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
 /// The version answered to a client that asks for one the gateway does not speak.
 pub const LATEST_PROTOCOL_VERSION: &str = "2025-11-25";
 
-/// The `requested` version reported by [`discover_error_data`] callers when the client sent no
-/// `MCP-Protocol-Version` header.
+/// The `requested` version reported when `server/discover` comes without an
+/// `MCP-Protocol-Version` header ([`crate::modern::unsupported_version`]).
 pub const DISCOVER_DEFAULT_VERSION: &str = "2026-07-28";
 
 /// The protocol version to answer `initialize` with: the client's if the gateway speaks it,
@@ -41,13 +42,23 @@ pub fn negotiate_version(requested: Option<&str>) -> &'static str {
         .unwrap_or(LATEST_PROTOCOL_VERSION)
 }
 
-/// The `result` object (JSON text) of `initialize` for this virtual server.
-///
-/// `capabilities`: `tools` if it exposes a tool, `prompts` if a prompt, `resources` if a
-/// resource or template (with `subscribe: true` when a member exposing resources declares
-/// it), `logging` / `completions` if any member declares them. `serverInfo` is the virtual
-/// server's name and the catalog version.
+/// The `result` object (JSON text) of `initialize` for this virtual server: the negotiated
+/// version, its [`capabilities`], and `serverInfo`: the virtual server's name and the catalog
+/// version.
 pub fn initialize_result(policy: &CompiledPolicy, vs: &CompiledVs, version: &str) -> String {
+    json!({
+        "protocolVersion": version,
+        "capabilities": capabilities(vs),
+        "serverInfo": {"name": vs.name, "version": policy.catalog_version},
+    })
+    .to_string()
+}
+
+/// The virtual server's `ServerCapabilities` (answered by `initialize` and `server/discover`):
+/// `tools` if it exposes a tool, `prompts` if a prompt, `resources` if a resource or template
+/// (with `subscribe: true` when a member exposing resources declares it), `logging` /
+/// `completions` if any member declares them.
+pub fn capabilities(vs: &CompiledVs) -> Map<String, Value> {
     let mut caps = Map::new();
     if !vs.listing(ListKind::Tools).is_empty() {
         caps.insert("tools".into(), json!({}));
@@ -77,12 +88,7 @@ pub fn initialize_result(policy: &CompiledPolicy, vs: &CompiledVs, version: &str
     if vs.members.iter().any(|m| m.completions) {
         caps.insert("completions".into(), json!({}));
     }
-    json!({
-        "protocolVersion": version,
-        "capabilities": caps,
-        "serverInfo": {"name": vs.name, "version": policy.catalog_version},
-    })
-    .to_string()
+    caps
 }
 
 /// Why a list request cannot be answered.
@@ -160,13 +166,6 @@ pub fn list_result(
     }
     out.push('}');
     Ok(out)
-}
-
-/// The `data` (JSON text) of the -32022 error answering `server/discover`: the versions the
-/// gateway speaks and the one the client asked for (its `MCP-Protocol-Version` header, or
-/// [`DISCOVER_DEFAULT_VERSION`]).
-pub fn discover_error_data(requested: &str) -> String {
-    json!({"supported": SUPPORTED_PROTOCOL_VERSIONS, "requested": requested}).to_string()
 }
 
 /// Body of the `initialize` request the filter sends a member (id 1, clientInfo {name:
@@ -307,7 +306,7 @@ mod tests {
     #[test]
     fn subscribe_only_from_a_member_exposing_resources() {
         let p = compile(json!({
-            "schema_version": 2, "catalog_version": "v9", "sessions": v(KEYS),
+            "schema_version": 3, "catalog_version": "v9", "sessions": v(KEYS),
             "virtual_servers": [{"name": "mix", "members": [
                 {"mcp_server": "a", "cluster": "a", "path": "/mcp", "authority": "a:1",
                  "capabilities": {"resources": {"subscribe": true}},
@@ -378,7 +377,7 @@ mod tests {
             .map(|i| json!({"name": format!("t{i}"), "upstream_name": format!("t{i}")}))
             .collect();
         let p = compile(json!({
-            "schema_version": 2, "catalog_version": "v", "sessions": v(KEYS),
+            "schema_version": 3, "catalog_version": "v", "sessions": v(KEYS),
             "limits": {"list_page_size": 2},
             "virtual_servers": [{"name": "demo", "members": [
                 {"mcp_server": "a", "cluster": "a", "path": "/mcp", "authority": "a:1",
@@ -434,19 +433,6 @@ mod tests {
             Ok(r#"{"tools":[]}"#.into())
         );
         assert_eq!(LocalError::InvalidCursor.to_string(), "Invalid cursor");
-    }
-
-    #[test]
-    fn discover_data() {
-        assert_eq!(
-            v(&discover_error_data("2026-07-28")),
-            json!({"supported": ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"],
-                   "requested": "2026-07-28"})
-        );
-        assert_eq!(
-            v(&discover_error_data("we\"ird"))["requested"],
-            json!("we\"ird")
-        );
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub struct CompiledVs {
     pub index: usize,
     /// Its members, in snapshot order; member 0 is the primary.
     pub members: Vec<CompiledMember>,
+    /// The stateless protocol versions (2026-07-28 and later) the virtual server speaks: those of
+    /// [`toolmesh_proto::MODERN_PROTOCOL_VERSIONS`] every member lists
+    /// ([`toolmesh_proto::Member::modern_versions`]); all of them for a virtual server without
+    /// members (it answers everything itself). Empty: only the `initialize` handshake.
+    pub modern_versions: Vec<&'static str>,
     tools: HashMap<String, Item>,
     prompts: HashMap<String, Item>,
     resources: HashMap<String, usize>,
@@ -297,6 +302,15 @@ fn compile_vs(
         name: vs.name.clone(),
         index,
         members: Vec::with_capacity(vs.members.len()),
+        modern_versions: toolmesh_proto::MODERN_PROTOCOL_VERSIONS
+            .iter()
+            .copied()
+            .filter(|v| {
+                vs.members
+                    .iter()
+                    .all(|m| m.modern_versions.iter().any(|mv| mv == v))
+            })
+            .collect(),
         tools: HashMap::new(),
         prompts: HashMap::new(),
         resources: HashMap::new(),
@@ -531,7 +545,7 @@ pub(crate) mod tests {
 
     /// A two-member policy used across the crate's tests.
     pub(crate) const POLICY: &str = r#"{
-      "schema_version": 2,
+      "schema_version": 3,
       "catalog_version": "c1",
       "limits": {"max_body_bytes": 4096, "list_page_size": 3, "allowed_hosts": ["GW.Example"]},
       "sessions": {"keys": [{"id": "k1", "secret": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]},
@@ -567,6 +581,23 @@ pub(crate) mod tests {
 
     pub(crate) fn policy() -> CompiledPolicy {
         match CompiledPolicy::from_json(POLICY.as_bytes()) {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`POLICY`] with both members of `demo` speaking protocol 2026-07-28.
+    pub(crate) fn modern_policy() -> CompiledPolicy {
+        let json = POLICY
+            .replace(
+                r#""authority": "everything:3001","#,
+                r#""authority": "everything:3001", "modern_versions": ["2026-07-28"],"#,
+            )
+            .replace(
+                r#""authority": "weather.internal","#,
+                r#""authority": "weather.internal", "modern_versions": ["2026-07-28", "2099-01-01"],"#,
+            );
+        match CompiledPolicy::from_json(json.as_bytes()) {
             Ok(p) => p,
             Err(e) => panic!("{e}"),
         }
@@ -663,19 +694,19 @@ pub(crate) mod tests {
         let cases = [
             ("{}", "schema"),
             (
-                r#"{"schema_version":3,"catalog_version":"x"}"#,
-                "schema_version 3",
+                r#"{"schema_version":4,"catalog_version":"x"}"#,
+                "schema_version 4",
             ),
             (
-                r#"{"schema_version":2,"catalog_version":"x","sessions":{"keys":[{"id":"k","secret":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]},"virtual_servers":[{"name":"Bad Name","members":[]}]}"#,
+                r#"{"schema_version": 3,"catalog_version":"x","sessions":{"keys":[{"id":"k","secret":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]},"virtual_servers":[{"name":"Bad Name","members":[]}]}"#,
                 "virtual_servers[0].name",
             ),
             (
-                r#"{"schema_version":2,"catalog_version":"x","limits":{"max_body_bytes":0}}"#,
+                r#"{"schema_version": 3,"catalog_version":"x","limits":{"max_body_bytes":0}}"#,
                 "max_body_bytes",
             ),
             (
-                r#"{"schema_version":2,"catalog_version":"x","virtual_servers":[{"name":"a","members":[]}]}"#,
+                r#"{"schema_version": 3,"catalog_version":"x","virtual_servers":[{"name":"a","members":[]}]}"#,
                 "sessions.keys",
             ),
             ("not json", "not valid JSON"),

@@ -15,7 +15,7 @@ use toolmesh_filter::policy::CompiledPolicy;
 use toolmesh_filter::stats::MetricKind;
 
 const POLICY: &str = r#"{
-  "schema_version": 2,
+  "schema_version": 3,
   "catalog_version": "c1",
   "limits": {"max_body_bytes": 2048, "list_page_size": 2, "allowed_hosts": ["mcp.example.com"]},
   "sessions": {"keys": [{"id": "k1", "secret": "dG9vbG1lc2gtdGVzdC1zZXNzaW9uLWtleS0zMi1ieXRlcyEhIQ"}]},
@@ -217,6 +217,36 @@ fn allowed_calls_are_routed_to_the_owning_member() {
     }
 }
 
+/// Any local answer with a JSON body: (status, body).
+fn answer(action: &RequestAction) -> (u16, Value) {
+    match action {
+        RequestAction::Deny(r) => (
+            r.status,
+            serde_json::from_slice(&r.body).expect("json body"),
+        ),
+        other => panic!("expected a local answer, got {other:?}"),
+    }
+}
+
+/// `head` as a protocol 2026-07-28 request for `method` (the version and `Mcp-Method` headers).
+fn modern<'a>(head: RequestHead<'a>, method: &'a str) -> RequestHead<'a> {
+    RequestHead {
+        protocol_version: Some("2026-07-28"),
+        mcp_method: Some(method),
+        ..head
+    }
+}
+
+/// A protocol 2026-07-28 request body: `params` with the `_meta` envelope added.
+fn stateless(method: &str, mut params: Value) -> String {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+    });
+    json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}).to_string()
+}
+
 fn result(action: &RequestAction) -> (u16, Value) {
     match action {
         RequestAction::Deny(r) if r.status == 200 => (
@@ -282,13 +312,16 @@ fn the_filter_answers_pings_lists_and_the_2026_probe_itself() {
     );
     assert_eq!(result(&action).1["error"]["code"], -32602);
 
-    // protocol 2026-07-28 probe: -32022 naming the versions the gateway speaks.
+    // protocol 2026-07-28 probe on a virtual server whose members speak only the handshake:
+    // -32022 (HTTP 400) naming the versions it speaks, so the client falls back to initialize.
     let (action, stats, _) = run(
-        &post("/servers/demo/mcp"),
-        r#"{"jsonrpc":"2.0","id":3,"method":"server/discover","params":{}}"#,
+        &modern(post("/servers/demo/mcp"), "server/discover"),
+        &stateless("server/discover", json!({})),
     );
-    let (_, v) = result(&action);
+    let (status, v) = answer(&action);
+    assert_eq!(status, 400);
     assert_eq!(v["error"]["code"], -32022, "{v}");
+    assert_eq!(v["error"]["data"]["requested"], "2026-07-28", "{v}");
     assert!(
         v["error"]["data"]["supported"]
             .as_array()
@@ -1506,5 +1539,202 @@ fn listed_callers_get_their_own_stats_and_others_do_not() {
             counters(&take(&mut flow)).contains(&"toolmesh.caller.single.tok-a.denied".to_string()),
             jti == "tok-a"
         );
+    }
+}
+
+/// [`POLICY`] with every member of every virtual server speaking protocol 2026-07-28.
+fn modern_policy() -> Rc<CompiledPolicy> {
+    let json = POLICY.replace(
+        r#""authority": "#,
+        r#""modern_versions": ["2026-07-28"], "authority": "#,
+    );
+    Rc::new(CompiledPolicy::from_json(json.as_bytes()).expect("policy"))
+}
+
+fn run_modern(head: &RequestHead<'_>, body: &str) -> (RequestAction, Vec<Named>) {
+    let mut flow = Flow::new(modern_policy());
+    let action = match flow.on_request_headers(head, 1_000_000) {
+        RequestAction::ReadBody => flow.on_request_body(body.as_bytes(), 1_000_001),
+        other => other,
+    };
+    let stats = take(&mut flow);
+    (action, stats)
+}
+
+#[test]
+fn the_stateless_protocol_is_answered_and_routed_without_sessions() {
+    let vs = "/servers/demo/mcp";
+    // server/discover: the virtual server's versions and capabilities, from the policy.
+    let (action, stats) = run_modern(
+        &modern(post(vs), "server/discover"),
+        &stateless("server/discover", json!({})),
+    );
+    let (status, v) = answer(&action);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["id"], 7);
+    assert_eq!(v["result"]["supportedVersions"][0], "2026-07-28", "{v}");
+    assert_eq!(v["result"]["resultType"], "complete");
+    assert!(v["result"]["capabilities"]["tools"].is_object(), "{v}");
+    assert_eq!(
+        v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "demo"
+    );
+    assert_eq!(
+        counters(&stats),
+        vec!["toolmesh.vs.demo.rq.server_discover".to_string()]
+    );
+
+    // Lists: exposed names across both members, with what 2026-07-28 requires of results.
+    let (action, _) = run_modern(
+        &modern(post(vs), "tools/list"),
+        &stateless("tools/list", json!({})),
+    );
+    let (status, v) = answer(&action);
+    assert_eq!(status, 200);
+    assert_eq!(v["result"]["tools"][0]["name"], "echo");
+    assert_eq!(v["result"]["resultType"], "complete");
+    assert_eq!(v["result"]["ttlMs"], 0);
+    assert_eq!(v["result"]["cacheScope"], "private");
+    assert!(v["result"]["nextCursor"].is_string(), "{v}");
+
+    // A call goes to the owning member, renamed, with the session header removed (one sent
+    // anyway is not checked: there are no sessions) and the client's version kept.
+    let head = RequestHead {
+        mcp_name: Some("forecast"),
+        session_id: Some("not-a-sealed-session"),
+        ..modern(post(vs), "tools/call")
+    };
+    let (action, stats) = run_modern(
+        &head,
+        &stateless("tools/call", json!({"name": "forecast", "arguments": {}})),
+    );
+    let r = route(&action);
+    assert_eq!(&*r.cluster, "up_weather");
+    assert_eq!(r.mcp_name.as_deref(), Some("get_forecast"));
+    assert_eq!(r.session, SessionHeader::Remove);
+    assert_eq!(r.protocol_version, None);
+    let body: Value = serde_json::from_slice(r.body.as_deref().expect("renamed body")).unwrap();
+    assert_eq!(body["params"]["name"], "get_forecast");
+    assert_eq!(
+        body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"], "2026-07-28",
+        "the envelope reaches the member"
+    );
+    assert!(
+        counters(&stats).contains(&"toolmesh.vs.demo.rq.tools_call".to_string()),
+        "{stats:?}"
+    );
+
+    // Refusals carry the spec's HTTP statuses.
+    let cases: Vec<(RequestHead<'_>, String, u16, i64)> = vec![
+        // A tool outside the allowlist: -32602, 400.
+        (
+            RequestHead {
+                mcp_name: Some("rm_rf"),
+                ..modern(post(vs), "tools/call")
+            },
+            stateless("tools/call", json!({"name": "rm_rf"})),
+            400,
+            -32602,
+        ),
+        // No _meta envelope.
+        (
+            modern(post(vs), "tools/list"),
+            json!({"jsonrpc":"2.0","id":7,"method":"tools/list","params":{}}).to_string(),
+            400,
+            -32602,
+        ),
+        // Mcp-Method disagrees with the body.
+        (
+            modern(post(vs), "prompts/list"),
+            stateless("tools/list", json!({})),
+            400,
+            -32020,
+        ),
+        // Mcp-Name missing on a call.
+        (
+            modern(post(vs), "tools/call"),
+            stateless("tools/call", json!({"name": "echo"})),
+            400,
+            -32020,
+        ),
+        // Mcp-Name names another tool than the body.
+        (
+            RequestHead {
+                mcp_name: Some("add"),
+                ..modern(post(vs), "tools/call")
+            },
+            stateless("tools/call", json!({"name": "echo"})),
+            400,
+            -32020,
+        ),
+        // Removed methods: 404 -32601, never forwarded.
+        (
+            modern(post(vs), "initialize"),
+            stateless("initialize", json!({})),
+            404,
+            -32601,
+        ),
+        (
+            modern(post(vs), "ping"),
+            stateless("ping", json!({})),
+            404,
+            -32601,
+        ),
+        (
+            modern(post(vs), "logging/setLevel"),
+            stateless("logging/setLevel", json!({"level": "debug"})),
+            404,
+            -32601,
+        ),
+        // A client response: there are no server requests to answer.
+        (
+            modern(post(vs), "tools/list"),
+            json!({"jsonrpc":"2.0","id":7,"result":{}}).to_string(),
+            400,
+            -32600,
+        ),
+        // Malformed JSON.
+        (modern(post(vs), "tools/list"), "{".to_string(), 400, -32700),
+        // The header says 2026-07-28, the envelope another version.
+        (
+            modern(post(vs), "tools/list"),
+            stateless("tools/list", json!({})).replace("2026-07-28", "2025-11-25"),
+            400,
+            -32020,
+        ),
+    ];
+    for (head, body, status, code) in cases {
+        let (action, _) = run_modern(&head, &body);
+        let (got, v) = answer(&action);
+        assert_eq!(
+            (got, v["error"]["code"].as_i64()),
+            (status, Some(code)),
+            "{body}: {v}"
+        );
+    }
+
+    // Notifications are accepted and dropped; GET and DELETE have no place here.
+    let (action, _) = run_modern(
+        &modern(post(vs), "notifications/cancelled"),
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#,
+    );
+    assert!(
+        matches!(&action, RequestAction::Deny(r) if r.status == 202 && r.body.is_empty()),
+        "{action:?}"
+    );
+    for method in ["GET", "DELETE"] {
+        let head = RequestHead {
+            method,
+            end_of_stream: true,
+            ..modern(post(vs), "")
+        };
+        let (action, _) = run_modern(&head, "");
+        match action {
+            RequestAction::Deny(r) => {
+                assert_eq!(r.status, 405);
+                assert_eq!(r.headers, vec![("allow", "POST".to_string())]);
+            }
+            other => panic!("{method}: {other:?}"),
+        }
     }
 }

@@ -13,7 +13,7 @@ const SECRET_B: &str = "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
 
 fn policy(keys: Value) -> CompiledPolicy {
     let snapshot = json!({
-        "schema_version": 2,
+        "schema_version": 3,
         "catalog_version": "cat-7",
         "limits": {"list_page_size": 2, "allowed_hosts": ["Tools.Example.com", "*"]},
         "auth": {"jwks": "{}", "public_url": "https://MCP.example.com:8443/"},

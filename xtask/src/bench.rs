@@ -151,7 +151,7 @@ fn serde_escape(s: &str) -> String {
 fn gateway_yaml(admin: u16, port: u16, upstream: u16, wasm: Option<&std::path::Path>) -> String {
     let (filter, route_match) = match wasm {
         Some(path) => {
-            let policy = r#"{"schema_version":2,"catalog_version":"bench","sessions":{"keys":[{"id":"bench","secret":"dG9vbG1lc2gtdGVzdC1zZXNzaW9uLWtleS0zMi1ieXRlcyEhIQ"}]},"virtual_servers":[{"name":"bench","members":[{"mcp_server":"upstream","cluster":"mcp_upstream","path":"/mcp","authority":"127.0.0.1","tools":[{"name":"add","upstream_name":"add"},{"name":"echo","upstream_name":"echo"}]}]}]}"#;
+            let policy = r#"{"schema_version": 3,"catalog_version":"bench","sessions":{"keys":[{"id":"bench","secret":"dG9vbG1lc2gtdGVzdC1zZXNzaW9uLWtleS0zMi1ieXRlcyEhIQ"}]},"virtual_servers":[{"name":"bench","members":[{"mcp_server":"upstream","cluster":"mcp_upstream","path":"/mcp","authority":"127.0.0.1","tools":[{"name":"add","upstream_name":"add"},{"name":"echo","upstream_name":"echo"}]}]}]}"#;
             (
                 format!(
                     r#"          - name: toolmesh

@@ -2029,14 +2029,14 @@ async fn invalid_policy_makes_envoy_refuse_the_filter() {
     let sessions = serde_json::to_value(toolmesh_e2e::config::test_sessions()).unwrap();
     for (bad, says) in [
         (
-            json!({"schema_version": 2, "catalog_version": "bad", "sessions": sessions,
+            json!({"schema_version": 3, "catalog_version": "bad", "sessions": sessions,
                 "virtual_servers": [{"name": "Bad Name", "members": []}]})
             .to_string(),
             r#"virtual_servers[0].name "Bad Name""#,
         ),
         // Schema 2: no key to seal sessions with.
         (
-            json!({"schema_version": 2, "catalog_version": "bad",
+            json!({"schema_version": 3, "catalog_version": "bad",
                 "virtual_servers": [{"name": "demo", "members": []}]})
             .to_string(),
             "sessions.keys",

@@ -1,0 +1,357 @@
+//! The stateless MCP protocol (revision 2026-07-28, "modern"): what the filter checks and answers
+//! for it.
+//!
+//! Why a separate path: 2026-07-28 has no `initialize` and no session. Every request carries its
+//! protocol version and the client's capabilities in `params._meta`, mirrors its method (and
+//! tool, prompt or resource name) in the `Mcp-Method` / `Mcp-Name` headers, and is answered on
+//! its own; errors carry HTTP statuses the spec fixes (400, 404). A client selects it with the
+//! `MCP-Protocol-Version` header, so the filter knows from the headers which path a request
+//! takes; clients that still speak the handshake (2025-11-25 and older) are untouched.
+//!
+//! The filter speaks it on a virtual server whose members all do (their `server/discover`
+//! lists it; the catalog records it): lists and `server/discover` are answered from the policy,
+//! calls go to the owning member unchanged but for exposed names, without a session. A virtual
+//! server with a member that speaks only the handshake answers every stateless request with
+//! -32022 naming the handshake versions, so auto-negotiating clients (the Python SDK's default)
+//! fall back to `initialize`.
+//!
+//! Every function here is pure; [`crate::decide`] and [`crate::flow`] call them.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Value, json};
+
+use crate::decide::codes;
+use crate::local::SUPPORTED_PROTOCOL_VERSIONS;
+use crate::policy::{CompiledPolicy, CompiledVs};
+
+/// `params._meta` key of the request's protocol version.
+pub const PROTOCOL_VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
+/// `params._meta` key of the client's capabilities.
+pub const CLIENT_CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
+/// Result `_meta` key naming the server.
+pub const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
+
+/// Methods of the handshake protocol that 2026-07-28 removed: answered -32601 with HTTP 404
+/// (the spec's "method not found"), never forwarded.
+pub const REMOVED_METHODS: [&str; 5] = [
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// Does this `MCP-Protocol-Version` header select the stateless protocol?
+pub fn selects_modern(protocol_version: Option<&str>) -> bool {
+    protocol_version.is_some_and(|v| toolmesh_proto::MODERN_PROTOCOL_VERSIONS.contains(&v))
+}
+
+/// The HTTP status of a JSON-RPC error on the stateless protocol (the spec's table: request
+/// and envelope errors 400, an unknown method 404; anything else, like a tool's own error or a
+/// resource that does not exist, 200).
+pub fn status_of(code: i64) -> u16 {
+    match code {
+        codes::PARSE_ERROR
+        | codes::INVALID_REQUEST
+        | codes::INVALID_PARAMS
+        | codes::HEADER_MISMATCH
+        | codes::MISSING_CLIENT_CAPABILITY
+        | codes::UNSUPPORTED_PROTOCOL_VERSION => 400,
+        codes::METHOD_NOT_FOUND => 404,
+        _ => 200,
+    }
+}
+
+/// A rung of the request check that failed: the JSON-RPC error to answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// JSON-RPC error code.
+    pub code: i64,
+    /// Error message.
+    pub message: String,
+    /// Error `data` (JSON text), if any.
+    pub data: Option<String>,
+}
+
+impl Rejection {
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Body {
+    #[serde(default)]
+    params: Option<Params>,
+}
+
+#[derive(Deserialize)]
+struct Params {
+    #[serde(default, rename = "_meta")]
+    meta: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    #[serde(default, rename = "io.modelcontextprotocol/protocolVersion")]
+    version: Option<Value>,
+    #[serde(default, rename = "io.modelcontextprotocol/clientCapabilities")]
+    capabilities: Option<IgnoredAny>,
+}
+
+/// The request's protocol version from `params._meta`, after the envelope checks of the spec,
+/// in its order: `_meta` carries the version and the client capabilities (-32602), the
+/// `MCP-Protocol-Version` header equals the version (-32020), the version is a string (-32602).
+/// (`Mcp-Method` and `Mcp-Name` are checked by the caller, which knows the body's method and
+/// name.)
+pub fn envelope_version(body: &[u8], header_version: &str) -> Result<String, Rejection> {
+    let meta = serde_json::from_slice::<Body>(body)
+        .ok()
+        .and_then(|b| b.params)
+        .and_then(|p| p.meta);
+    let Some(meta @ Value::Object(_)) = meta else {
+        return Err(Rejection::new(
+            codes::INVALID_PARAMS,
+            format!(
+                "params._meta must be an object carrying '{PROTOCOL_VERSION_KEY}' and \
+                 '{CLIENT_CAPABILITIES_KEY}' (protocol 2026-07-28)"
+            ),
+        ));
+    };
+    let meta = Meta::deserialize(&meta).unwrap_or(Meta {
+        version: None,
+        capabilities: None,
+    });
+    let missing: Vec<&str> = [
+        (meta.version.is_none(), PROTOCOL_VERSION_KEY),
+        (meta.capabilities.is_none(), CLIENT_CAPABILITIES_KEY),
+    ]
+    .into_iter()
+    .filter_map(|(missing, key)| missing.then_some(key))
+    .collect();
+    if !missing.is_empty() {
+        return Err(Rejection::new(
+            codes::INVALID_PARAMS,
+            format!(
+                "params._meta is missing the required key(s): {}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    match meta.version {
+        Some(Value::String(v)) if v == header_version => Ok(v),
+        Some(Value::String(_)) => Err(Rejection::new(
+            codes::HEADER_MISMATCH,
+            "MCP-Protocol-Version header does not match the request's \
+             params._meta protocol version",
+        )),
+        _ => Err(Rejection::new(
+            codes::INVALID_PARAMS,
+            format!("params._meta '{PROTOCOL_VERSION_KEY}' must be a string"),
+        )),
+    }
+}
+
+/// The versions a virtual server speaks: its stateless ones, then the handshake ones.
+pub fn supported_versions(vs: &CompiledVs) -> Vec<&'static str> {
+    vs.modern_versions
+        .iter()
+        .copied()
+        .chain(SUPPORTED_PROTOCOL_VERSIONS)
+        .collect()
+}
+
+/// -32022 for a version the virtual server does not speak statelessly; `data` names what it
+/// speaks (so a client that also speaks the handshake falls back to `initialize`).
+pub fn unsupported_version(vs: &CompiledVs, requested: &str) -> Rejection {
+    let supported = supported_versions(vs);
+    let why = if vs.modern_versions.is_empty() {
+        format!(
+            "virtual server '{}' speaks protocol {requested} only when all its MCP servers do; \
+             use initialize",
+            vs.name
+        )
+    } else {
+        format!("protocol version '{requested}' is not supported")
+    };
+    Rejection {
+        code: codes::UNSUPPORTED_PROTOCOL_VERSION,
+        message: format!("Unsupported protocol version: {why}"),
+        data: Some(json!({"supported": supported, "requested": requested}).to_string()),
+    }
+}
+
+/// The `_meta` of a result the filter answers itself: the virtual server names itself.
+fn result_meta(policy: &CompiledPolicy, vs: &CompiledVs) -> Value {
+    json!({SERVER_INFO_KEY: {"name": vs.name, "version": policy.catalog_version}})
+}
+
+/// The `result` (JSON text) of `server/discover`: the versions the virtual server speaks, the
+/// capabilities its members offer (as `initialize` would answer), caching hints (immediately
+/// stale, private: a catalog change may alter it at any moment) and the server's identity.
+pub fn discover_result(policy: &CompiledPolicy, vs: &CompiledVs) -> String {
+    json!({
+        "supportedVersions": supported_versions(vs),
+        "capabilities": crate::local::capabilities(vs),
+        "ttlMs": 0,
+        "cacheScope": "private",
+        "resultType": "complete",
+        "_meta": result_meta(policy, vs),
+    })
+    .to_string()
+}
+
+/// A list `result` (JSON text, an object) with what 2026-07-28 requires of list results added:
+/// `resultType`, the caching hints and the server's identity.
+pub fn decorate_list(result: &str, policy: &CompiledPolicy, vs: &CompiledVs) -> String {
+    let Some(head) = result.trim_end().strip_suffix('}') else {
+        return result.to_owned();
+    };
+    let meta = result_meta(policy, vs);
+    let sep = if head.trim_end().ends_with('{') {
+        ""
+    } else {
+        ","
+    };
+    format!(
+        r#"{head}{sep}"resultType":"complete","ttlMs":0,"cacheScope":"private","_meta":{meta}}}"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::tests::{modern_policy, policy};
+
+    fn v(s: &str) -> Value {
+        serde_json::from_str(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    const META: &str = r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
+
+    #[test]
+    fn only_stateless_versions_select_the_stateless_path() {
+        assert!(selects_modern(Some("2026-07-28")));
+        assert!(!selects_modern(Some("2025-11-25")));
+        assert!(!selects_modern(Some("2026-07-28 ")));
+        assert!(!selects_modern(None));
+    }
+
+    #[test]
+    fn the_envelope_is_checked_in_the_spec_order() {
+        let body = |meta: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"_meta":{meta}}}}}"#
+            )
+        };
+        assert_eq!(
+            envelope_version(body(META).as_bytes(), "2026-07-28"),
+            Ok("2026-07-28".to_owned())
+        );
+        let code = |b: &[u8], h: &str| envelope_version(b, h).map_err(|r| r.code);
+        assert_eq!(
+            code(
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+                "2026-07-28"
+            ),
+            Err(codes::INVALID_PARAMS),
+            "no params"
+        );
+        assert_eq!(
+            code(body("[]").as_bytes(), "2026-07-28"),
+            Err(codes::INVALID_PARAMS),
+            "_meta not an object"
+        );
+        let no_caps = body(r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}"#);
+        let r = envelope_version(no_caps.as_bytes(), "2026-07-28").unwrap_err();
+        assert_eq!(r.code, codes::INVALID_PARAMS);
+        assert!(r.message.contains(CLIENT_CAPABILITIES_KEY), "{}", r.message);
+        assert!(!r.message.contains(PROTOCOL_VERSION_KEY), "{}", r.message);
+        assert_eq!(
+            code(body(META).as_bytes(), "2027-01-01"),
+            Err(codes::HEADER_MISMATCH),
+            "header and _meta disagree"
+        );
+        let number = body(
+            r#"{"io.modelcontextprotocol/protocolVersion":7,"io.modelcontextprotocol/clientCapabilities":{}}"#,
+        );
+        assert_eq!(
+            code(number.as_bytes(), "2026-07-28"),
+            Err(codes::INVALID_PARAMS)
+        );
+    }
+
+    #[test]
+    fn statuses_follow_the_spec_table() {
+        assert_eq!(status_of(codes::INVALID_PARAMS), 400);
+        assert_eq!(status_of(codes::HEADER_MISMATCH), 400);
+        assert_eq!(status_of(codes::UNSUPPORTED_PROTOCOL_VERSION), 400);
+        assert_eq!(status_of(codes::METHOD_NOT_FOUND), 404);
+        assert_eq!(status_of(codes::RESOURCE_NOT_FOUND), 200);
+        assert_eq!(status_of(codes::INTERNAL_ERROR), 200);
+    }
+
+    #[test]
+    fn discover_names_the_virtual_server_and_its_versions() {
+        let p = policy();
+        let Some(vs) = p.virtual_server("demo") else {
+            panic!("no demo")
+        };
+        assert!(
+            vs.modern_versions.is_empty(),
+            "the test policy's members speak only the handshake"
+        );
+        let r = unsupported_version(vs, "2026-07-28");
+        assert_eq!(r.code, codes::UNSUPPORTED_PROTOCOL_VERSION);
+        assert_eq!(
+            v(r.data.as_deref().unwrap_or("null")),
+            json!({"supported": ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"],
+                   "requested": "2026-07-28"})
+        );
+        let p = modern_policy();
+        let Some(vs) = p.virtual_server("demo") else {
+            panic!("no demo")
+        };
+        assert_eq!(
+            vs.modern_versions,
+            ["2026-07-28"],
+            "what every member speaks"
+        );
+        let d = v(&discover_result(&p, vs));
+        assert_eq!(
+            d["supportedVersions"],
+            json!([
+                "2026-07-28",
+                "2025-11-25",
+                "2025-06-18",
+                "2025-03-26",
+                "2024-11-05"
+            ])
+        );
+        assert_eq!(d["resultType"], "complete");
+        assert_eq!(d["ttlMs"], 0);
+        assert_eq!(d["cacheScope"], "private");
+        assert_eq!(d["_meta"][SERVER_INFO_KEY]["name"], "demo");
+        assert!(d["capabilities"]["tools"].is_object(), "{d}");
+    }
+
+    #[test]
+    fn lists_gain_result_type_and_caching_hints() {
+        let p = policy();
+        let Some(vs) = p.virtual_server("demo") else {
+            panic!("no demo")
+        };
+        let d = v(&decorate_list(r#"{"tools":[],"nextCursor":"x"}"#, &p, vs));
+        assert_eq!(d["tools"], json!([]));
+        assert_eq!(d["nextCursor"], "x");
+        assert_eq!(d["resultType"], "complete");
+        assert_eq!(d["cacheScope"], "private");
+        assert_eq!(d["_meta"][SERVER_INFO_KEY]["name"], "demo");
+        assert_eq!(v(&decorate_list("{}", &p, vs))["resultType"], "complete");
+    }
+}
