@@ -33,6 +33,9 @@ pub struct Args {
     /// Items per page of every list.
     #[arg(long, default_value_t = 10)]
     pub page_size: usize,
+    /// Speak only the `initialize` handshake, not protocol 2026-07-28.
+    #[arg(long)]
+    pub handshake_only: bool,
 }
 
 /// Parses the process arguments, serves, and returns when a shutdown signal arrives.
@@ -52,6 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stateful: !args.stateless,
         json_response: args.json_response,
         page_size: args.page_size,
+        handshake_only: args.handshake_only,
     };
     let server = spawn_on(config, SocketAddr::new(args.host, args.port)).await?;
     {

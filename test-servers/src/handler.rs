@@ -13,8 +13,9 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
     GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    ServerCapabilities, ServerConfig, SubscribeRequestParams, UnsubscribeRequestParams,
+    ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, ServerCapabilities, ServerConfig, SubscribeRequestParams,
+    UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -246,6 +247,15 @@ impl TestServer {
     }
 }
 
+/// The versions of a server built before protocol 2026-07-28
+/// ([`crate::TestServerConfig::handshake_only`]).
+const HANDSHAKE_VERSIONS: &[ProtocolVersion] = &[
+    ProtocolVersion::V_2025_11_25,
+    ProtocolVersion::V_2025_06_18,
+    ProtocolVersion::V_2025_03_26,
+    ProtocolVersion::V_2024_11_05,
+];
+
 impl ServerHandler for TestServer {
     fn get_info(&self) -> ServerConfig {
         let capabilities: ServerCapabilities =
@@ -256,6 +266,14 @@ impl ServerHandler for TestServer {
                 env!("CARGO_PKG_VERSION"),
             ))
             .with_instructions("An upstream MCP server for toolmesh's tests.")
+    }
+
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        if self.shared.config.handshake_only {
+            std::borrow::Cow::Borrowed(HANDSHAKE_VERSIONS)
+        } else {
+            std::borrow::Cow::Borrowed(ProtocolVersion::KNOWN_VERSIONS)
+        }
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {

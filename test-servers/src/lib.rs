@@ -70,6 +70,9 @@ pub struct TestServerConfig {
     /// Items per page for `tools/list`, `prompts/list`, `resources/list` and
     /// `resources/templates/list`.
     pub page_size: usize,
+    /// Speak only the `initialize` handshake (2025-11-25 and older): a request at protocol
+    /// 2026-07-28, `server/discover` included, gets -32022 — a server built before that revision.
+    pub handshake_only: bool,
 }
 
 impl Default for TestServerConfig {
@@ -78,6 +81,7 @@ impl Default for TestServerConfig {
             stateful: true,
             json_response: false,
             page_size: 10,
+            handshake_only: false,
         }
     }
 }

@@ -238,6 +238,7 @@ async fn stateless_json_mode_serves_without_sessions() {
         stateful: false,
         json_response: true,
         page_size: 100,
+        handshake_only: false,
     })
     .await
     .unwrap();
@@ -261,6 +262,7 @@ async fn stateful_json_response_is_rejected() {
         stateful: true,
         json_response: true,
         page_size: 10,
+        handshake_only: false,
     })
     .await
     .unwrap_err();
@@ -341,4 +343,70 @@ async fn binary_prints_its_url_and_serves_test_endpoints() {
         .unwrap()
         .status();
     assert!(status.is_success());
+}
+
+/// POSTs a protocol 2026-07-28 `server/discover` and returns (HTTP status, JSON body).
+async fn discover(url: &str) -> (u16, Value) {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "server/discover")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    // JSON, or SSE whose last `data:` line is the response.
+    let json = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter(|d| !d.trim().is_empty())
+        .last()
+        .unwrap_or(&text)
+        .trim()
+        .to_owned();
+    (
+        status,
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
+#[tokio::test]
+async fn handshake_only_servers_refuse_protocol_2026_07_28() {
+    for handshake_only in [false, true] {
+        let server = spawn(TestServerConfig {
+            stateful: false,
+            json_response: true,
+            page_size: 10,
+            handshake_only,
+        })
+        .await
+        .unwrap();
+        let (status, v) = discover(&server.url()).await;
+        if handshake_only {
+            assert_eq!(v["error"]["code"], -32022, "{status} {v}");
+            let supported = v["error"]["data"]["supported"].as_array().unwrap();
+            assert!(!supported.contains(&json!("2026-07-28")), "{v}");
+        } else {
+            assert_eq!(status, 200, "{v}");
+            assert!(
+                v["result"]["supportedVersions"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("2026-07-28")),
+                "{v}"
+            );
+        }
+        // The handshake works either way.
+        let client = connect(&server.url()).await;
+        assert_eq!(client.list_tools(None).await.unwrap().tools.len(), 10);
+        client.cancel().await.unwrap();
+        server.shutdown().await;
+    }
 }
