@@ -366,8 +366,7 @@ async fn discover(url: &str) -> (u16, Value) {
     let json = text
         .lines()
         .filter_map(|l| l.strip_prefix("data:"))
-        .filter(|d| !d.trim().is_empty())
-        .last()
+        .rfind(|d| !d.trim().is_empty())
         .unwrap_or(&text)
         .trim()
         .to_owned();
