@@ -31,6 +31,9 @@ use toolmesh_e2e::{python_client, results, tools, ts_client};
 const FED: &str = "fed";
 /// A single-member virtual server next to it.
 const SOLO: &str = "solo";
+/// A virtual server of `plain` and `legacy`, an MCP server that speaks only the `initialize`
+/// handshake: it does not speak protocol 2026-07-28, so neither does `mixed`.
+const MIXED: &str = "mixed";
 /// `--list-page-size` of the control plane.
 const PAGE_SIZE: u32 = 3;
 /// A host name besides the loopback ones that may appear in `Host` (`--allowed-hosts`).
@@ -48,15 +51,19 @@ const FED_TOOLS: [&str; 7] = [
     "long_list_02",
 ];
 
-/// The protocol versions the gateway speaks (newest first).
+/// The protocol versions the gateway speaks with the `initialize` handshake (newest first).
 const VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+/// The stateless protocol version.
+const STATELESS: &str = "2026-07-28";
 
 /// The gateway and both members.
 struct Fed {
     gw: Gateway,
     plain: RunningServer,
     stateful: RunningServer,
-    /// A token for `fed` and `solo`.
+    /// Speaks only the handshake (a member of `mixed`).
+    legacy: RunningServer,
+    /// A token for `fed`, `solo` and `mixed`.
     token: String,
 }
 
@@ -93,6 +100,12 @@ impl Fed {
     async fn start(node: &str) -> Option<Fed> {
         let plain = spawn(TestServerConfig::stateless_json()).await.unwrap();
         let stateful = spawn(TestServerConfig::default()).await.unwrap();
+        let legacy = spawn(TestServerConfig {
+            handshake_only: true,
+            ..TestServerConfig::default()
+        })
+        .await
+        .unwrap();
         let gw = Gateway::builder(node)
             .configure(|c| {
                 c.list_page_size = PAGE_SIZE;
@@ -100,17 +113,22 @@ impl Fed {
             })
             .mcp_server("plain", &plain.url())
             .mcp_server("stateful", &stateful.url())
+            .mcp_server("legacy", &legacy.url())
             .virtual_server(fed_body())
             .virtual_server(json!({"name": SOLO, "tools": [
                 {"mcp_server": "stateful", "tool": "echo"}]}))
+            .virtual_server(json!({"name": MIXED, "tools": [
+                {"mcp_server": "plain", "tool": "add"},
+                {"mcp_server": "legacy", "tool": "echo"}]}))
             .start()
             .await?;
-        let token = gw.token("agent", &[FED, SOLO]).await;
+        let token = gw.token("agent", &[FED, SOLO, MIXED]).await;
         // Both servers already saw discovery's requests: tests look at what came after.
         Some(Fed {
             gw,
             plain,
             stateful,
+            legacy,
             token,
         })
     }
@@ -333,11 +351,12 @@ fn assert_fed_run_upstreams(plain: &[RecordedRequest], stateful: &[RecordedReque
 }
 
 /// The Python client's view of one run of [`fed_ops`].
-fn check_python_fed(doc: &Value, what: &str) {
+fn check_python_fed(doc: &Value, version: &str, what: &str) {
     assert_eq!(doc["connected"], true, "{what}: {doc:#}");
     assert!(doc["fatal_error"].is_null(), "{what}: {doc:#}");
-    // `auto` probes server/discover, gets -32022 and falls back to initialize.
-    assert_eq!(doc["protocol_version"], "2025-11-25", "{what}: {doc:#}");
+    // `auto` probes server/discover; every member of `fed` speaks 2026-07-28, so the client
+    // adopts it. `legacy` initializes.
+    assert_eq!(doc["protocol_version"], version, "{what}: {doc:#}");
     assert_eq!(doc["server_info"]["name"], FED, "{what}: {doc:#}");
     assert!(doc["server_info"]["version"].is_string(), "{what}: {doc:#}");
     let caps = &doc["server_capabilities"];
@@ -440,11 +459,45 @@ fn check_python_fed(doc: &Value, what: &str) {
         r#"{"id":"7"}"#,
         "{what}"
     );
-    assert_eq!(py_ok(doc, 15, what), &json!({}), "{what}");
+    if version == STATELESS {
+        // 2026-07-28 removed ping: the spec's "method not found".
+        assert_eq!(py_err(doc, 15, what)["code"], -32601, "{what}");
+    } else {
+        assert_eq!(py_ok(doc, 15, what), &json!({}), "{what}");
+    }
+}
+
+/// A protocol 2026-07-28 run as a member saw it (its requests since the run started): no
+/// session at all (no `initialize`, no session id), every POST at 2026-07-28 with `Mcp-Method`
+/// and the client's `_meta` envelope. Returns how many requests it saw.
+fn assert_stateless_run(requests: &[RecordedRequest], what: &str) -> usize {
+    for r in requests {
+        assert_eq!(r.method, "POST", "{what}: {r:#?}");
+        assert_ne!(rpc_method(r), "initialize", "{what}: {r:#?}");
+        assert_eq!(r.header("mcp-session-id"), None, "{what}: {r:#?}");
+        assert_eq!(
+            r.header("mcp-protocol-version"),
+            Some(STATELESS),
+            "{what}: {r:#?}"
+        );
+        assert_eq!(
+            r.header("mcp-method"),
+            Some(rpc_method(r)),
+            "{what}: {r:#?}"
+        );
+        let meta = &r.body.as_ref().unwrap()["params"]["_meta"];
+        assert_eq!(
+            meta["io.modelcontextprotocol/protocolVersion"], STATELESS,
+            "{what}: {r:#?}"
+        );
+    }
+    requests.len()
 }
 
 /// The Python SDK in `legacy` and `auto` mode: one virtual server, lists complete across pages
-/// under the exposed names, each call at its own member with that member's session.
+/// under the exposed names, each call at its own member — with that member's session in
+/// `legacy`, statelessly at 2026-07-28 in `auto` (every member speaks it). On `mixed`, whose
+/// `legacy` member speaks only the handshake, `auto` falls back to `initialize`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_sees_one_server_and_calls_reach_their_member() {
     if tools::python().is_none() {
@@ -453,7 +506,7 @@ async fn python_client_sees_one_server_and_calls_reach_their_member() {
     let Some(fed) = Fed::start("fed-py").await else {
         return;
     };
-    for mode in ["legacy", "auto"] {
+    for (mode, version) in [("legacy", "2025-11-25"), ("auto", STATELESS)] {
         let (p0, s0) = (fed.plain.requests().len(), fed.stateful.requests().len());
         let doc = python_client(
             &fed.url(),
@@ -462,10 +515,18 @@ async fn python_client_sees_one_server_and_calls_reach_their_member() {
         )
         .await
         .unwrap();
-        check_python_fed(&doc, mode);
+        check_python_fed(&doc, version, mode);
         let (plain, stateful) = (since(&fed.plain, p0), since(&fed.stateful, s0));
         assert_fed_run_upstreams(&plain, &stateful, mode);
-        let member_session = assert_one_member_session(&stateful, "2025-11-25", mode);
+        let member_session = if version == STATELESS {
+            assert_stateless_run(&plain, mode);
+            format!(
+                "none ({} stateless requests)",
+                assert_stateless_run(&stateful, mode)
+            )
+        } else {
+            assert_one_member_session(&stateful, version, mode)
+        };
         eprintln!(
             "{mode}: stateful member session {member_session}; plain saw {:?}; stateful saw {:?}",
             plain
@@ -478,6 +539,45 @@ async fn python_client_sees_one_server_and_calls_reach_their_member() {
                 .collect::<Vec<_>>(),
         );
     }
+}
+
+/// `auto` on a virtual server with a member that speaks only the handshake: the probe gets
+/// -32022 naming the handshake versions, the client initializes, and calls reach both members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_auto_falls_back_to_initialize_when_a_member_speaks_only_the_handshake() {
+    if tools::python().is_none() {
+        return;
+    }
+    let Some(fed) = Fed::start("fed-mixed").await else {
+        return;
+    };
+    let l0 = fed.legacy.requests().len();
+    let doc = python_client(
+        &fed.gw.url(MIXED),
+        &json!([
+            {"op": "list_tools"},
+            {"op": "call_tool", "name": "echo", "arguments": {"message": "old"}},
+            {"op": "call_tool", "name": "add", "arguments": {"a": 1, "b": 2}},
+        ]),
+        &["--mode", "auto", "--header", &fed.py_auth()],
+    )
+    .await
+    .unwrap();
+    let what = "mixed";
+    assert_eq!(doc["connected"], true, "{doc:#}");
+    assert_eq!(doc["protocol_version"], "2025-11-25", "{doc:#}");
+    assert_eq!(
+        name_set(&py_ok(&doc, 0, what)["tools"], "name"),
+        ["add", "echo"]
+    );
+    assert_eq!(py_ok(&doc, 1, what)["content"][0]["text"], "old");
+    assert_eq!(py_ok(&doc, 2, what)["structuredContent"], json!({"sum": 3}));
+    let legacy = since(&fed.legacy, l0);
+    assert_one_member_session(&legacy, "2025-11-25", what);
+    assert!(
+        legacy.iter().all(|r| rpc_method(r) != "server/discover"),
+        "the probe is the filter's to answer: {legacy:#?}"
+    );
 }
 
 /// The TypeScript SDK: the same run, then it ends its session (DELETE), which ends the stateful
@@ -670,6 +770,7 @@ async fn a_stopped_member_leaves_the_other_working_and_lists_complete() {
         plain,
         stateful,
         token,
+        ..
     }) = Fed::start("fed-down").await
     else {
         return;
@@ -1059,23 +1160,45 @@ async fn sessions_are_sealed_to_their_virtual_server_and_caller() {
     );
     assert!(reply.json()["error"]["code"].is_i64(), "{reply:?}");
 
-    // The 2026-07-28 probe: not spoken yet, with the versions that are.
+    // The 2026-07-28 probe: every member of `fed` speaks it, so `fed` does; `mixed` has a
+    // member that does not, so it answers -32022 with the handshake versions.
+    let discover = json!({"jsonrpc": "2.0", "id": 9, "method": "server/discover", "params": {
+        "_meta": {"io.modelcontextprotocol/protocolVersion": STATELESS,
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let probe = [
+        ("mcp-protocol-version", STATELESS),
+        ("mcp-method", "server/discover"),
+    ];
     let reply = raw
-        .send(
-            reqwest::Method::POST,
-            None,
-            &[
-                ("mcp-protocol-version", "2026-07-28"),
-                ("mcp-method", "server/discover"),
-            ],
-            Some(json!({"jsonrpc": "2.0", "id": 9, "method": "server/discover", "params": {}})),
-        )
+        .send(reqwest::Method::POST, None, &probe, Some(discover.clone()))
         .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
     let v = reply.json();
     assert_eq!(v["id"], 9, "{v}");
+    let mut supported = vec![STATELESS];
+    supported.extend(VERSIONS);
+    assert_eq!(v["result"]["supportedVersions"], json!(supported), "{v}");
+    assert_eq!(
+        v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], FED,
+        "{v}"
+    );
+    assert_eq!(
+        v["result"]["capabilities"]["resources"]["subscribe"], true,
+        "{v}"
+    );
+    let mixed = Raw {
+        client: client.clone(),
+        url: fed.gw.url(MIXED),
+        token: &fed.token,
+    };
+    let reply = mixed
+        .send(reqwest::Method::POST, None, &probe, Some(discover))
+        .await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let v = reply.json();
     assert_eq!(v["error"]["code"], -32022, "{v}");
     assert_eq!(v["error"]["data"]["supported"], json!(VERSIONS), "{v}");
-    assert_eq!(v["error"]["data"]["requested"], "2026-07-28", "{v}");
+    assert_eq!(v["error"]["data"]["requested"], STATELESS, "{v}");
 
     // DELETE ends the stateful member's session (its server sees the DELETE with its own
     // session id); the stateless member has none to end.
