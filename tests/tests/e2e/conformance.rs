@@ -7,6 +7,15 @@
 //! must pass through toolmesh"; with several members, an exact list of documented exceptions,
 //! [`MULTI_MEMBER_DIFFERENCES`]).
 //!
+//! Protocol 2026-07-28 (stateless): the requirement set of that revision
+//! (`@modelcontextprotocol/conformance` 0.2.0-alpha.12, `--requirements 2026-07-28`, its
+//! required server scenarios and the server scenarios it runs without scoring) directly, through
+//! the filter with the hand-written policy whose member lists 2026-07-28 in `modern_versions`,
+//! and through a one- and a two-member virtual server from the catalog. Most scenarios fail
+//! directly (the fixture server has no multi-round-trip or tasks fixtures, and many of its
+//! results carry no `resultType`); the tests assert what toolmesh must not lose and what it adds
+//! ([`LOST_2026`], [`LOST_CHECKS_2026`], [`GAINED_2026`], exact lists).
+//!
 //! Each test runs the suite directly first, in the same test, so "passes through X" is always
 //! compared with what passes directly on this machine right now. Runs of the suite are
 //! serialized (the machine has two cores; the suite has its own timeouts of a few seconds).
@@ -495,5 +504,419 @@ async fn every_direct_pass_also_passes_through_virtual_servers_from_the_catalog(
         }
     }
     assert!(plain.calls().is_empty(), "{:?}", plain.calls());
+    gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Protocol 2026-07-28: the suite's requirement set for that revision
+// ---------------------------------------------------------------------------------------------
+
+/// Every server scenario the 2026-07-28 requirement set of the pinned suite
+/// (`conformance-2026`, 0.2.0-alpha.12) runs: first the ones the revision requires, then the
+/// server scenarios the suite runs and reports without scoring them (the tasks extension, and
+/// three it marks pending). Those are kept: the suite runs them anyway with `--requirements`,
+/// and a gateway must not break what an upstream gets right there either. (If the pinned suite
+/// version changes, this list is checked against its own.)
+const SCENARIOS_2026: &[&str] = &[
+    // required
+    "server-stateless",
+    "completion-complete",
+    "tools-list",
+    "tools-call-simple-text",
+    "tools-call-image",
+    "tools-call-audio",
+    "tools-call-embedded-resource",
+    "tools-call-mixed-content",
+    "tools-call-error",
+    "tools-call-with-progress",
+    "server-sse-multiple-streams",
+    "resources-list",
+    "resources-read-text",
+    "resources-read-binary",
+    "resources-templates-read",
+    "sep-2164-resource-not-found",
+    "prompts-list",
+    "prompts-get-simple",
+    "prompts-get-with-args",
+    "prompts-get-embedded-resource",
+    "prompts-get-with-image",
+    "dns-rebinding-protection",
+    "caching",
+    "input-required-result-basic-elicitation",
+    "input-required-result-basic-sampling",
+    "input-required-result-basic-list-roots",
+    "input-required-result-request-state",
+    "input-required-result-multiple-input-requests",
+    "input-required-result-multi-round",
+    "input-required-result-missing-input-response",
+    "input-required-result-non-tool-request",
+    "input-required-result-result-type",
+    "input-required-result-unsupported-methods",
+    "input-required-result-tampered-state",
+    "input-required-result-capability-check",
+    "input-required-result-ignore-extra-params",
+    "input-required-result-validate-input",
+    // not scored: extension
+    "tasks-lifecycle",
+    "tasks-capability-negotiation",
+    "tasks-wire-fields",
+    "tasks-request-state-removal",
+    "tasks-mrtr-input",
+    "tasks-request-headers",
+    "tasks-dispatch-and-envelope",
+    "tasks-status-notifications",
+    "tasks-required-task-error",
+    "tasks-mrtr-composition",
+    // not scored: pending
+    "json-schema-2020-12",
+    "http-header-validation",
+    "http-custom-header-server-validation",
+];
+
+/// Scenarios that pass against the fixture server directly but not through a virtual server
+/// that speaks 2026-07-28, each with why. Exact, like [`MULTI_MEMBER_DIFFERENCES`].
+const LOST_2026: &[(&str, &str)] = &[];
+
+/// Checks (scenario, check id, why) that succeed directly and not through a virtual server that
+/// speaks 2026-07-28, in any scenario, passed or failed (a scenario that fails directly, for
+/// example because rmcp sends a result without `resultType`, must not hide a check the gateway
+/// breaks). Exact.
+const LOST_CHECKS_2026: &[(&str, &str, &str)] = &[(
+    "server-sse-multiple-streams",
+    "server-sse-streams-functional",
+    "the filter answers `tools/list` itself, with one `application/json` body (which the spec \
+     allows): the suite tests SSE streams only when it gets some (`INFO`, the scenario passes)",
+)];
+
+/// Scenarios that fail against the fixture server directly and pass through a virtual server
+/// that speaks 2026-07-28, each with why: what the gateway adds. Exact: one that stops passing
+/// through the gateway, or that passes directly too, fails the test, as does an unlisted one.
+const GAINED_2026: &[(&str, &str)] = &[
+    (
+        "tools-list",
+        "the filter answers `tools/list` from the policy, with `resultType: \"complete\"`; the \
+         fixture server's list results carry no `resultType` (it builds them from JSON literals, \
+         and rmcp adds the field only in its constructors), which fails the suite's \
+         `wire-schema-valid` directly",
+    ),
+    (
+        "prompts-list",
+        "the filter answers `prompts/list` with `resultType` (the fixture server's has none, see \
+         `tools-list`)",
+    ),
+    (
+        "resources-list",
+        "the filter answers `resources/list` with `resultType` (the fixture server's has none, see \
+         `tools-list`)",
+    ),
+    (
+        "input-required-result-unsupported-methods",
+        "its only check that fails directly is `wire-schema-valid` on the fixture server's \
+         `tools/list` without `resultType`; the filter's `tools/list` has it",
+    ),
+    (
+        "http-header-validation",
+        "(not scored: pending) its only check that fails directly is `wire-schema-valid` on the \
+         fixture server's `tools/list` without `resultType`; the filter's `tools/list` has it",
+    ),
+];
+
+async fn run_2026(suite: &ConformanceSuite, url: &str) -> SuiteReport {
+    let _one_at_a_time = SUITE_LOCK.lock().await;
+    suite
+        .run_requirements(url, conformance::REQUIREMENTS_2026)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "running the conformance suite's {} requirements against {url}: {e:#}",
+                conformance::REQUIREMENTS_2026
+            )
+        })
+}
+
+/// Runs the 2026-07-28 requirement set directly against `server`: the suite's scenarios must be
+/// [`SCENARIOS_2026`], and the fixture server must speak the revision (`server/discover`
+/// implemented, else every comparison would be empty).
+async fn run_2026_direct(
+    suite: &ConformanceSuite,
+    server: &fixtures::RunningConformanceServer,
+) -> SuiteReport {
+    let direct = run_2026(suite, &server.url()).await;
+    let listed: Vec<&str> = direct.outcomes.keys().map(String::as_str).collect();
+    let mut expected = SCENARIOS_2026.to_vec();
+    expected.sort_unstable();
+    assert_eq!(
+        listed, expected,
+        "the pinned suite's 2026-07-28 server scenarios changed: update SCENARIOS_2026"
+    );
+    assert!(
+        direct
+            .succeeded_checks("server-stateless")
+            .contains("sep-2575-server-implements-discover"),
+        "the fixture server does not implement server/discover directly: nothing to compare\n{}",
+        conformance::table(&[("direct", &direct)])
+    );
+    direct
+}
+
+/// What differs through `name` from `direct` beyond the documented [`LOST_2026`],
+/// [`LOST_CHECKS_2026`] and [`GAINED_2026`], one line each.
+fn mismatches_2026(direct: &SuiteReport, name: &str, through: &SuiteReport) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (scenario, _) in LOST_2026.iter().chain(GAINED_2026) {
+        if !SCENARIOS_2026.contains(scenario) {
+            wrong.push(format!("{scenario}: documented but not a scenario"));
+        }
+    }
+    for scenario in direct.outcomes.keys() {
+        let here = direct.outcome(scenario).is_some_and(|o| o.is_pass());
+        let there = through.outcome(scenario).is_some_and(|o| o.is_pass());
+        let lost = LOST_2026.iter().any(|(s, _)| *s == scenario.as_str());
+        let gained = GAINED_2026.iter().any(|(s, _)| *s == scenario.as_str());
+        match (here, there) {
+            (true, false) if !lost => wrong.push(format!(
+                "{scenario}: passes directly but not through {name}, and is not in LOST_2026"
+            )),
+            (true, true) if lost => wrong.push(format!(
+                "{scenario}: in LOST_2026 but passes through {name}: remove it"
+            )),
+            (false, true) if !gained => wrong.push(format!(
+                "{scenario}: fails directly and passes through {name}: document it in GAINED_2026"
+            )),
+            (false, false) | (true, _) if gained => wrong.push(format!(
+                "{scenario}: in GAINED_2026 but passes directly ({here}) / through {name} \
+                 ({there}): not a gain"
+            )),
+            _ => {}
+        }
+    }
+    let lost_checks = conformance::lost_checks(direct, through);
+    let documented: BTreeSet<(String, String)> = LOST_CHECKS_2026
+        .iter()
+        .map(|(s, c, _)| ((*s).to_owned(), (*c).to_owned()))
+        .collect();
+    for (scenario, check) in lost_checks.difference(&documented) {
+        wrong.push(format!(
+            "{scenario}: check {check} succeeds directly but not through {name}"
+        ));
+    }
+    for (scenario, check) in documented.difference(&lost_checks) {
+        wrong.push(format!(
+            "{scenario}: check {check} is in LOST_CHECKS_2026 but succeeds through {name}: \
+             remove it"
+        ));
+    }
+    wrong
+}
+
+/// Asserts that `through` differs from `direct` only as documented, with the table and the
+/// suite's output on failure.
+fn assert_2026(direct: &SuiteReport, name: &str, through: &SuiteReport) {
+    let wrong = mismatches_2026(direct, name, through);
+    assert!(
+        wrong.is_empty(),
+        "2026-07-28 requirements through {name}: {wrong:#?}\n{}\n--- suite output through \
+         {name} ---\n{}",
+        conformance::table(&[("direct", direct), (name, through)]),
+        through.output
+    );
+}
+
+/// The requests that reached the fixture server after the first `before`.
+fn upstream_requests(
+    server: &fixtures::RunningConformanceServer,
+    before: usize,
+) -> Vec<toolmesh_e2e::test_servers::RecordedRequest> {
+    server.requests().into_iter().skip(before).collect()
+}
+
+/// Nothing of a stateless virtual server's traffic opened or used a session at the fixture
+/// server: no `initialize` reached it (the filter opens member sessions with one) and no request
+/// carried `Mcp-Session-Id`.
+fn assert_no_member_session(seen: &[toolmesh_e2e::test_servers::RecordedRequest], name: &str) {
+    assert!(
+        !seen.is_empty(),
+        "nothing reached the fixture server through {name}"
+    );
+    for r in seen {
+        assert_ne!(
+            r.jsonrpc_method.as_deref(),
+            Some("initialize"),
+            "an initialize reached the fixture server through {name}: {r:#?}"
+        );
+        assert_eq!(
+            r.header("mcp-session-id"),
+            None,
+            "a request through {name} carried a session id: {r:#?}"
+        );
+    }
+}
+
+/// THE 2026-07-28 REQUIREMENTS THROUGH THE TOOLMESH FILTER, with the hand-written single-member
+/// policy of [`every_direct_pass_also_passes_through_the_toolmesh_filter`] whose member lists
+/// 2026-07-28 in `modern_versions`: the filter answers `server/discover` and the lists, checks
+/// the envelope and forwards calls without a session. Every scenario that passes directly must
+/// pass through it, every check that succeeds directly must succeed through it, and what it adds
+/// is [`GAINED_2026`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirements_2026_07_28_through_the_toolmesh_filter() {
+    let suite = require!(conformance::suite_2026());
+    let envoy_bin = require!(tools::envoy());
+    let wasm_path = require!(tools::filter_wasm());
+    let (server, addr) = start_fixture_server().await;
+    let direct = run_2026_direct(&suite, &server).await;
+
+    let mut policy = conformance_policy(addr);
+    for vs in &mut policy.virtual_servers {
+        for member in &mut vs.members {
+            member.modern_versions = vec![conformance::REQUIREMENTS_2026.into()];
+        }
+    }
+    policy
+        .validate()
+        .unwrap_or_else(|e| panic!("the conformance policy is invalid: {e}"));
+    let filter = FilterConfig {
+        wasm_path,
+        policy_json: policy.to_json(),
+    };
+    let envoy = Envoy::start_static(&envoy_bin, &[(CLUSTER, addr)], Some(&filter))
+        .await
+        .unwrap_or_else(|e| panic!("starting Envoy with the filter: {e:#}"));
+    let url = format!("{}/servers/{VIRTUAL_SERVER}/mcp", envoy.listener_url());
+    let before = server.requests().len();
+    let through = run_2026(&suite, &url).await;
+    let columns = [("direct", &direct), ("filter", &through)];
+    eprintln!("{}", conformance::table(&columns));
+    eprintln!("{}", conformance::markdown_table(&columns));
+
+    assert_no_member_session(&upstream_requests(&server, before), "the filter");
+    let calls =
+        format!("wasmcustom.toolmesh.tool.{VIRTUAL_SERVER}.conformance.test_simple_text.calls");
+    envoy
+        .wait_for_stat(&calls, 1, std::time::Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("the filter did not count the suite's calls: {e:#}"));
+    assert_2026(&direct, "filter", &through);
+}
+
+/// `POST server/discover` at protocol 2026-07-28 to `url`: the HTTP status and the JSON answer.
+async fn discover(url: &str) -> (u16, Value) {
+    let version = conformance::REQUIREMENTS_2026;
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", version)
+        .header("mcp-method", "server/discover")
+        .json(&json!({
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "server/discover",
+            "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": version,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }},
+        }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST server/discover to {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("reading the server/discover answer from {url}: {e}"));
+    let body = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("the server/discover answer from {url} is not JSON ({e}): {text}")
+    });
+    (status, body)
+}
+
+/// THE 2026-07-28 REQUIREMENTS THROUGH THE REAL PRODUCT PATH: the fixture server registered in
+/// the catalog over REST (discovery records that it speaks 2026-07-28, from its
+/// `server/discover`), the virtual servers `conformance` (every fixture, one member) and
+/// `federated` (plus two tools of a stateless test server, which speaks 2026-07-28 too) created
+/// over REST, Envoy from the shipped bootstrap over xDS. Both virtual servers must speak the
+/// revision (their `server/discover` answers), and through both, every scenario that passes
+/// directly must pass, every check that succeeds directly must succeed, and what they add is
+/// [`GAINED_2026`]: without a session there is no standalone GET stream, so the multi-member
+/// differences of the handshake protocol do not apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirements_2026_07_28_through_virtual_servers_from_the_catalog() {
+    let suite = require!(conformance::suite_2026());
+    let (server, _) = start_fixture_server().await;
+    let direct = run_2026_direct(&suite, &server).await;
+    let plain = spawn(TestServerConfig::stateless_json())
+        .await
+        .unwrap_or_else(|e| panic!("starting the stateless test server: {e:#}"));
+    let Some(gw) = Gateway::builder("conformance-2026-catalog")
+        .mcp_server(FIXTURE_SERVER, &server.url())
+        .mcp_server(SECOND_SERVER, &plain.url())
+        .virtual_server(virtual_server_body(SINGLE_VS, false))
+        .virtual_server(virtual_server_body(TWO_MEMBER_VS, true))
+        .start()
+        .await
+    else {
+        return;
+    };
+
+    for vs in [SINGLE_VS, TWO_MEMBER_VS] {
+        let (status, body) = discover(&gw.url(vs)).await;
+        let versions = &body["result"]["supportedVersions"];
+        assert!(
+            status == 200
+                && versions
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|v| v == conformance::REQUIREMENTS_2026)),
+            "virtual server {vs} does not speak {}: server/discover answered {status} {body}; \
+             the catalog must record that its members do (Member::modern_versions, from \
+             discovery's server/discover probe)",
+            conformance::REQUIREMENTS_2026
+        );
+    }
+
+    let before = server.requests().len();
+    let single = run_2026(&suite, &gw.url(SINGLE_VS)).await;
+    let seen_single = upstream_requests(&server, before);
+    let before = server.requests().len();
+    let plain_before = plain.requests().len();
+    let two = run_2026(&suite, &gw.url(TWO_MEMBER_VS)).await;
+    let seen_two = upstream_requests(&server, before);
+    let columns = [
+        ("direct", &direct),
+        ("1 member", &single),
+        ("2 members", &two),
+    ];
+    eprintln!("{}", conformance::table(&columns));
+    eprintln!("{}", conformance::markdown_table(&columns));
+
+    assert_no_member_session(&seen_single, SINGLE_VS);
+    assert_no_member_session(&seen_two, TWO_MEMBER_VS);
+    // The suite's calls went through the filter for both virtual servers; it calls no tool of
+    // the second member, so nothing of it reached that member (no session to open either).
+    for vs in [SINGLE_VS, TWO_MEMBER_VS] {
+        let calls =
+            format!("wasmcustom.toolmesh.tool.{vs}.{FIXTURE_SERVER}.test_simple_text.calls");
+        gw.envoy()
+            .wait_for_stat(&calls, 1, std::time::Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("the filter did not count the suite's calls: {e:#}"));
+    }
+    let seen: Vec<_> = plain.requests().into_iter().skip(plain_before).collect();
+    assert!(
+        seen.is_empty(),
+        "the suite's traffic through {TWO_MEMBER_VS} reached the second member: {seen:#?}"
+    );
+
+    let mut wrong = mismatches_2026(&direct, SINGLE_VS, &single);
+    wrong.extend(mismatches_2026(&direct, TWO_MEMBER_VS, &two));
+    assert!(
+        wrong.is_empty(),
+        "2026-07-28 requirements through the catalog's virtual servers: {wrong:#?}\n{}\n\
+         --- suite output through {SINGLE_VS} ---\n{}\n--- suite output through \
+         {TWO_MEMBER_VS} ---\n{}",
+        conformance::table(&columns),
+        single.output,
+        two.output
+    );
     gw.stop().await;
 }
