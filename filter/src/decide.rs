@@ -1238,21 +1238,37 @@ impl Ctx<'_> {
         } else {
             Reason::NotAllowed
         };
-        Deny {
+        let message = format!(
+            "Resource '{}' is not allowed on virtual server '{}'",
+            echo(uri),
+            self.vs.name
+        );
+        let mut deny = Deny {
             method: Some(method),
             tool: None,
             ..self.deny(
                 reason,
                 msg.id.as_ref(),
                 codes::RESOURCE_NOT_FOUND,
-                &format!(
-                    "Resource '{}' is not allowed on virtual server '{}'",
-                    echo(uri),
-                    self.vs.name
-                ),
+                &message,
                 403,
             )
+        };
+        if self.pending.modern {
+            // 2026-07-28 (SEP-2164): a resource that does not exist is -32602 with the URI in
+            // `data`, like the upstream would answer.
+            let data = serde_json::json!({ "uri": uri }).to_string();
+            deny.reply = Reply::new(
+                crate::modern::status_of(codes::INVALID_PARAMS),
+                jsonrpc::error_body_with_data(
+                    msg.id.as_ref(),
+                    codes::INVALID_PARAMS,
+                    &message,
+                    Some(&data),
+                ),
+            );
         }
+        deny
     }
 
     fn completion(&self, msg: &Message<'_>, method: MethodStat) -> BodyDecision {

@@ -1636,6 +1636,16 @@ fn the_stateless_protocol_is_answered_and_routed_without_sessions() {
             400,
             -32602,
         ),
+        // A resource outside the allowlist: -32602 (SEP-2164), 400.
+        (
+            RequestHead {
+                mcp_name: Some("test://nope"),
+                ..modern(post(vs), "resources/read")
+            },
+            stateless("resources/read", json!({"uri": "test://nope"})),
+            400,
+            -32602,
+        ),
         // No _meta envelope.
         (
             modern(post(vs), "tools/list"),
@@ -1712,6 +1722,18 @@ fn the_stateless_protocol_is_answered_and_routed_without_sessions() {
             "{body}: {v}"
         );
     }
+
+    let (action, _) = run_modern(
+        &RequestHead {
+            mcp_name: Some("test://nope"),
+            ..modern(post(vs), "resources/read")
+        },
+        &stateless("resources/read", json!({"uri": "test://nope"})),
+    );
+    assert_eq!(
+        answer(&action).1["error"]["data"],
+        json!({"uri": "test://nope"})
+    );
 
     // Notifications are accepted and dropped; GET and DELETE have no place here.
     let (action, _) = run_modern(
