@@ -64,6 +64,15 @@ fn from_json<T: DeserializeOwned>(value: Value) -> Result<T, ErrorData> {
     })
 }
 
+/// [`from_json`] for a result: tagged `resultType: "complete"` like rmcp's own constructors do
+/// (required at protocol 2026-07-28; rmcp strips it for older peers).
+fn result_json<T: DeserializeOwned>(mut value: Value) -> Result<T, ErrorData> {
+    if let Some(o) = value.as_object_mut() {
+        o.insert("resultType".into(), json!("complete"));
+    }
+    from_json(value)
+}
+
 fn text_result(text: impl Into<String>) -> CallToolResult {
     CallToolResult::success(vec![ContentBlock::text(text)])
 }
@@ -261,7 +270,7 @@ impl ServerHandler for ConformanceServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        from_json(json!({"tools": fixtures::tool_definitions()}))
+        result_json(json!({"tools": fixtures::tool_definitions()}))
     }
 
     async fn call_tool(
@@ -272,20 +281,20 @@ impl ServerHandler for ConformanceServer {
         let args = request.arguments.unwrap_or_default();
         let result = match request.name.as_ref() {
             "test_simple_text" => text_result("This is a simple text response for testing."),
-            "test_image_content" => from_json(json!({"content": [
+            "test_image_content" => result_json(json!({"content": [
                 {"type": "image", "data": IMAGE_PNG_BASE64, "mimeType": "image/png"}
             ]}))?,
-            "test_audio_content" => from_json(json!({"content": [
+            "test_audio_content" => result_json(json!({"content": [
                 {"type": "audio", "data": AUDIO_WAV_BASE64, "mimeType": "audio/wav"}
             ]}))?,
-            "test_embedded_resource" => from_json(json!({"content": [
+            "test_embedded_resource" => result_json(json!({"content": [
                 {"type": "resource", "resource": {
                     "uri": "test://embedded-resource",
                     "mimeType": "text/plain",
                     "text": "This is an embedded resource content."
                 }}
             ]}))?,
-            "test_multiple_content_types" => from_json(json!({"content": [
+            "test_multiple_content_types" => result_json(json!({"content": [
                 {"type": "text", "text": "Multiple content types test:"},
                 {"type": "image", "data": IMAGE_PNG_BASE64, "mimeType": "image/png"},
                 {"type": "resource", "resource": {
@@ -349,7 +358,7 @@ impl ServerHandler for ConformanceServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        from_json(json!({"prompts": fixtures::prompt_definitions()}))
+        result_json(json!({"prompts": fixtures::prompt_definitions()}))
     }
 
     async fn get_prompt(
@@ -407,7 +416,7 @@ impl ServerHandler for ConformanceServer {
             }
         };
         let result: GetPromptResult =
-            from_json(json!({"description": description, "messages": messages}))?;
+            result_json(json!({"description": description, "messages": messages}))?;
         Ok(result.into())
     }
 
@@ -441,7 +450,7 @@ impl ServerHandler for ConformanceServer {
             .into_iter()
             .filter(|c| c.starts_with(prefix))
             .collect();
-        from_json(
+        result_json(
             json!({"completion": {"values": values, "total": values.len(), "hasMore": false}}),
         )
     }
@@ -464,7 +473,7 @@ impl ServerHandler for ConformanceServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        from_json(json!({"resources": fixtures::resource_definitions()}))
+        result_json(json!({"resources": fixtures::resource_definitions()}))
     }
 
     async fn list_resource_templates(
@@ -472,7 +481,7 @@ impl ServerHandler for ConformanceServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        from_json(json!({"resourceTemplates": fixtures::resource_template_definitions()}))
+        result_json(json!({"resourceTemplates": fixtures::resource_template_definitions()}))
     }
 
     async fn read_resource(
@@ -486,7 +495,7 @@ impl ServerHandler for ConformanceServer {
                 Some(json!({"uri": request.uri})),
             )
         })?;
-        let result: ReadResourceResult = from_json(json!({"contents": [contents]}))?;
+        let result: ReadResourceResult = result_json(json!({"contents": [contents]}))?;
         Ok(result.into())
     }
 
