@@ -591,35 +591,7 @@ const LOST_CHECKS_2026: &[(&str, &str, &str)] = &[(
 /// Scenarios that fail against the fixture server directly and pass through a virtual server
 /// that speaks 2026-07-28, each with why: what the gateway adds. Exact: one that stops passing
 /// through the gateway, or that passes directly too, fails the test, as does an unlisted one.
-const GAINED_2026: &[(&str, &str)] = &[
-    (
-        "tools-list",
-        "the filter answers `tools/list` from the policy, with `resultType: \"complete\"`; the \
-         fixture server's list results carry no `resultType` (it builds them from JSON literals, \
-         and rmcp adds the field only in its constructors), which fails the suite's \
-         `wire-schema-valid` directly",
-    ),
-    (
-        "prompts-list",
-        "the filter answers `prompts/list` with `resultType` (the fixture server's has none, see \
-         `tools-list`)",
-    ),
-    (
-        "resources-list",
-        "the filter answers `resources/list` with `resultType` (the fixture server's has none, see \
-         `tools-list`)",
-    ),
-    (
-        "input-required-result-unsupported-methods",
-        "its only check that fails directly is `wire-schema-valid` on the fixture server's \
-         `tools/list` without `resultType`; the filter's `tools/list` has it",
-    ),
-    (
-        "http-header-validation",
-        "(not scored: pending) its only check that fails directly is `wire-schema-valid` on the \
-         fixture server's `tools/list` without `resultType`; the filter's `tools/list` has it",
-    ),
-];
+const GAINED_2026: &[(&str, &str)] = &[];
 
 async fn run_2026(suite: &ConformanceSuite, url: &str) -> SuiteReport {
     let _one_at_a_time = SUITE_LOCK.lock().await;
