@@ -689,18 +689,23 @@ async fn progress_streams_through_a_call_to_the_stateful_member() {
         {"op": "call_tool", "name": "slow", "arguments": {"steps": 5, "interval_ms": 400}},
     ]);
     let mut ran = false;
-    if tools::python().is_some() {
+    // `legacy` through the member's session; `auto` at 2026-07-28, without one.
+    for (mode, version) in [("legacy", "2025-11-25"), ("auto", STATELESS)] {
+        if tools::python().is_none() {
+            break;
+        }
         ran = true;
         let doc = python_client(
             &fed.url(),
             &ops,
-            &["--mode", "legacy", "--header", &fed.py_auth()],
+            &["--mode", mode, "--header", &fed.py_auth()],
         )
         .await
         .unwrap();
+        assert_eq!(doc["protocol_version"], version, "{doc:#}");
         let r = &results(&doc)[0];
         assert_eq!(
-            py_ok(&doc, 0, "py")["content"][0]["text"],
+            py_ok(&doc, 0, mode)["content"][0]["text"],
             "done after 5 steps"
         );
         let progress = r["progress"].as_array().unwrap();
@@ -708,12 +713,12 @@ async fn progress_streams_through_a_call_to_the_stateful_member() {
             .iter()
             .map(|p| p["progress"].as_f64().unwrap())
             .collect();
-        assert_eq!(steps, [1.0, 2.0, 3.0, 4.0, 5.0], "{doc:#}");
+        assert_eq!(steps, [1.0, 2.0, 3.0, 4.0, 5.0], "{mode}: {doc:#}");
         let times: Vec<f64> = progress
             .iter()
             .map(|p| p["t_s"].as_f64().unwrap())
             .collect();
-        assert_spread(&times, r["elapsed_s"].as_f64().unwrap(), "py");
+        assert_spread(&times, r["elapsed_s"].as_f64().unwrap(), mode);
     }
     if tools::node_modules().is_some() {
         ran = true;
