@@ -600,8 +600,10 @@ async fn python_legacy_allowed_denied_and_filtered_lists() {
     rig.assert_decoy_untouched();
 }
 
-/// Python SDK, `--mode auto`: it probes `server/discover` (protocol 2026-07-28); the filter
-/// answers -32022 with the versions it speaks, and the client falls back to `initialize`.
+/// Python SDK, `--mode auto`: it probes `server/discover` (protocol 2026-07-28); this policy
+/// lists no stateless versions for its member (as for an MCP server that speaks only the
+/// handshake), so the filter answers -32022 with the versions it speaks, and the client falls
+/// back to `initialize`. (The stateless path itself: `federation.rs`, `conformance.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_auto_allowed_denied_and_filtered_lists() {
     let rig = require!(Rig::start(TestServerConfig::default(), None).await);
@@ -611,10 +613,10 @@ async fn python_auto_allowed_denied_and_filtered_lists() {
     let doc = python_client(&rig.url("demo"), &demo_ops(), &["--mode", mode])
         .await
         .unwrap();
-    // Changed with issue 6: the probe was forwarded and the upstream spoke 2026-07-28 (the
-    // client then sent `Mcp-Method`/`Mcp-Name`, checked here before); the gateway does not
-    // speak 2026-07-28 yet, so the client falls back to the newest handshake version. The
-    // `Mcp-Name` rewrite stays covered by `hardened_parsing_refuses_before_the_upstream`.
+    // Changed with issue 6: the probe was forwarded and the upstream spoke 2026-07-28; now the
+    // filter answers it, and without stateless versions in the policy the client falls back
+    // to the newest handshake version. The `Mcp-Name` rewrite stays covered by
+    // `hardened_parsing_refuses_before_the_upstream`.
     assert_eq!(doc["protocol_version"], "2025-11-25", "{doc:#}");
     assert_eq!(doc["server_info"]["name"], "demo", "{doc:#}");
     check_python_demo(&doc, mode);
