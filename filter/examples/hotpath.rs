@@ -10,7 +10,9 @@
 //! valgrind --tool=callgrind target/wasm-release/examples/hotpath 10000
 //! ```
 //!
-//! (Instructions per request = total / N, minus the setup measured with N = 0.)
+//! (Instructions per request = total / N, minus the setup measured with N = 0.) A second
+//! argument `stateless` sends the same call at protocol 2026-07-28 instead (`_meta` envelope,
+//! `MCP-Protocol-Version` and `Mcp-Method`/`Mcp-Name` headers, no session).
 
 use std::hint::black_box;
 use std::rc::Rc;
@@ -20,8 +22,15 @@ use toolmesh_filter::flow::{Flow, RequestAction};
 use toolmesh_filter::policy::CompiledPolicy;
 use toolmesh_filter::stats::{MetricKind, StatOp};
 
-const POLICY: &str = r#"{"schema_version": 3,"catalog_version":"bench","sessions":{"keys":[{"id":"bench","secret":"dG9vbG1lc2gtdGVzdC1zZXNzaW9uLWtleS0zMi1ieXRlcyEhIQ"}]},"virtual_servers":[{"name":"bench","members":[{"mcp_server":"upstream","cluster":"mcp_upstream","path":"/mcp","authority":"127.0.0.1","tools":[{"name":"add","upstream_name":"add"},{"name":"echo","upstream_name":"echo"}]}]}]}"#;
+const POLICY: &str = r#"{"schema_version": 3,"catalog_version":"bench","sessions":{"keys":[{"id":"bench","secret":"dG9vbG1lc2gtdGVzdC1zZXNzaW9uLWtleS0zMi1ieXRlcyEhIQ"}]},"virtual_servers":[{"name":"bench","members":[{"mcp_server":"upstream","cluster":"mcp_upstream","path":"/mcp","authority":"127.0.0.1","modern_versions":["2026-07-28"],"tools":[{"name":"add","upstream_name":"add"},{"name":"echo","upstream_name":"echo"}]}]}]}"#;
 const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":3}}}"#;
+const STATELESS_BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":3},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"bench","version":"1"}}}}"#;
+/// The headers a protocol 2026-07-28 client adds.
+const STATELESS_HEADERS: [(&str, &str); 3] = [
+    ("mcp-protocol-version", "2026-07-28"),
+    ("mcp-method", "tools/call"),
+    ("mcp-name", "add"),
+];
 const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"5"}],"structuredContent":{"sum":5},"isError":false}}"#;
 /// The request headers Envoy hands the filter for the benchmark's request.
 const HEADERS: [(&str, &str); 9] = [
@@ -65,6 +74,12 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
+    let stateless = std::env::args().nth(2).as_deref() == Some("stateless");
+    let (body, extra): (&str, &[(&str, &str)]) = if stateless {
+        (STATELESS_BODY, &STATELESS_HEADERS)
+    } else {
+        (BODY, &[])
+    };
     let policy = match CompiledPolicy::from_json(POLICY.as_bytes()) {
         Ok(p) => Rc::new(p),
         Err(e) => {
@@ -78,6 +93,7 @@ fn main() {
         // The shell's request-header phase: the list as the SDK hands it over, then the scan.
         let pairs: Vec<(String, Vec<u8>)> = HEADERS
             .iter()
+            .chain(extra)
             .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
             .collect();
         let headers = RequestHeaders::scan(black_box(&pairs));
@@ -86,7 +102,7 @@ fn main() {
         let a = flow.on_request_headers(&headers.head(false), now);
         if a == RequestAction::ReadBody
             && let RequestAction::Forward(route) =
-                flow.on_request_body(black_box(BODY.as_bytes()), now)
+                flow.on_request_body(black_box(body.as_bytes()), now)
         {
             forwarded += u64::from(route.body.is_none());
         }

@@ -84,6 +84,8 @@ impl Rejection {
     }
 }
 
+/// The body, reading only `params._meta`'s two keys (the rest is skipped, not built: a
+/// `_meta` that is not an object fails the parse).
 #[derive(Deserialize)]
 struct Body {
     #[serde(default)]
@@ -93,7 +95,7 @@ struct Body {
 #[derive(Deserialize)]
 struct Params {
     #[serde(default, rename = "_meta")]
-    meta: Option<Value>,
+    meta: Option<Meta>,
 }
 
 #[derive(Deserialize)]
@@ -110,11 +112,13 @@ struct Meta {
 /// (`Mcp-Method` and `Mcp-Name` are checked by the caller, which knows the body's method and
 /// name.)
 pub fn envelope_version(body: &[u8], header_version: &str) -> Result<String, Rejection> {
+    // The body already passed the JSON-RPC parser, so a failure here is `_meta` not being an
+    // object.
     let meta = serde_json::from_slice::<Body>(body)
         .ok()
         .and_then(|b| b.params)
         .and_then(|p| p.meta);
-    let Some(meta @ Value::Object(_)) = meta else {
+    let Some(meta) = meta else {
         return Err(Rejection::new(
             codes::INVALID_PARAMS,
             format!(
@@ -123,10 +127,6 @@ pub fn envelope_version(body: &[u8], header_version: &str) -> Result<String, Rej
             ),
         ));
     };
-    let meta = Meta::deserialize(&meta).unwrap_or(Meta {
-        version: None,
-        capabilities: None,
-    });
     let missing: Vec<&str> = [
         (meta.version.is_none(), PROTOCOL_VERSION_KEY),
         (meta.capabilities.is_none(), CLIENT_CAPABILITIES_KEY),
