@@ -266,7 +266,7 @@ async fn read_limited(
 /// Parses an SSE byte stream, failing once the response exceeds `limit` bytes in total (a list
 /// page has no business being larger; without a cap a hostile server could make us buffer an
 /// endless event).
-fn sse_events<S>(bytes: S, limit: usize) -> BoxStream<'static, Result<Sse, SseError>>
+pub(crate) fn sse_events<S>(bytes: S, limit: usize) -> BoxStream<'static, Result<Sse, SseError>>
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
 {

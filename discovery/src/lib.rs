@@ -38,6 +38,12 @@
 //! 2025-06-18, 2025-03-26, 2024-11-05). A server that rejects `initialize` with a JSON-RPC
 //! error is retried with the stateless `2026-07-28` lifecycle (`server/discover`).
 //!
+//! [`Discovered::modern_versions`] says which stateless versions (2026-07-28 and later) the
+//! server speaks besides: from its `server/discover` answer, which discovery asks for with one
+//! raw request after reading the catalog over Streamable HTTP (module `modern`). A server that
+//! does not answer it, answers with an error, or takes longer than what is left of the
+//! deadline has none; that never fails the discovery.
+//!
 //! # Transports
 //!
 //! [`Transport::StreamableHttp`] uses rmcp's Streamable HTTP client. rmcp 3.11 has no client
@@ -58,6 +64,7 @@ mod client;
 mod errors;
 mod http;
 mod legacy_sse;
+mod modern;
 mod raw;
 mod watch;
 
@@ -65,7 +72,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use rmcp::RoleClient;
-use rmcp::model::PaginatedRequestParams;
+use rmcp::model::{PaginatedRequestParams, ProtocolVersion};
 use rmcp::service::{RunningService, ServiceError};
 use serde::Serialize;
 use serde_json::Value;
@@ -93,7 +100,8 @@ pub struct UpstreamSpec {
     pub transport: Transport,
     /// Extra headers sent on every request (for example `Authorization`).
     pub headers: Vec<(String, String)>,
-    /// Deadline for the whole discovery (connect, initialize, every page of every list).
+    /// Deadline for the whole discovery (connect, initialize, every page of every list, then
+    /// the `server/discover` probe with what is left).
     pub timeout: Duration,
 }
 
@@ -116,7 +124,11 @@ pub struct Discovered {
     pub resources: Vec<serde_json::Value>,
     /// Every resource template, across all pages.
     pub resource_templates: Vec<serde_json::Value>,
-    /// Wall time of the whole discovery.
+    /// The stateless protocol versions (2026-07-28 and later) the server lists in its
+    /// `server/discover` answer, in its order; empty when it speaks only the `initialize`
+    /// handshake, when it did not answer `server/discover`, and over the legacy SSE transport.
+    pub modern_versions: Vec<String>,
+    /// Wall time of the whole discovery (not of the `server/discover` probe).
     pub latency: Duration,
 }
 
@@ -162,10 +174,20 @@ pub async fn discover(spec: &UpstreamSpec) -> Result<Discovered, DiscoveryError>
         read_catalog(&spec.url, client, &raw, start).await
     })
     .await;
-    let result = match outcome {
+    let mut result = match outcome {
         Ok(result) => result,
         Err(_elapsed) => Err(DiscoveryError::Timeout(spec.timeout)),
     };
+    if let Ok(found) = &mut result
+        && spec.transport == Transport::StreamableHttp
+        && found.protocol_version.as_str() < ProtocolVersion::NO_INITIALIZE.as_str()
+    {
+        // The session used `initialize`; ask whether the server also speaks a stateless
+        // version, within what is left of the deadline (a session opened with
+        // `server/discover` already has the versions from its answer).
+        let left = spec.timeout.saturating_sub(start.elapsed());
+        found.modern_versions = modern::probe(&spec.url, &spec.headers, left).await;
+    }
     if let Some(client) = session {
         let url = spec.url.clone();
         let close = async move {
@@ -186,6 +208,7 @@ pub async fn discover(spec: &UpstreamSpec) -> Result<Discovered, DiscoveryError>
     match &result {
         Ok(found) => tracing::info!(
             url = %spec.url,
+            modern_versions = ?found.modern_versions,
             tools = found.tools.len(),
             prompts = found.prompts.len(),
             resources = found.resources.len(),
@@ -223,6 +246,12 @@ async fn read_catalog(
     let instructions = match handshake.get("instructions") {
         Some(Value::String(text)) => Some(text.clone()),
         _ => info.instructions.clone(),
+    };
+    // Only a `server/discover` answer lists versions.
+    let modern_versions = if handshake.get("supportedVersions").is_some() {
+        modern::modern_versions(&handshake).unwrap_or_default()
+    } else {
+        Vec::new()
     };
     let announced = |name: &str| capabilities.get(name).is_some_and(|v| !v.is_null());
     let peer = client.peer();
@@ -284,6 +313,7 @@ async fn read_catalog(
         prompts,
         resources,
         resource_templates,
+        modern_versions,
         latency: start.elapsed(),
     })
 }

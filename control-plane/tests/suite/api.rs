@@ -38,6 +38,7 @@ fn discovered(tools: Vec<Value>) -> DiscoveryOutcome {
         resource_templates: vec![
             json!({"uriTemplate": "test://template/{id}/data", "name": "data"}),
         ],
+        modern_versions: vec![],
         latency: Duration::from_millis(7),
     }))
 }

@@ -239,6 +239,7 @@ async fn seed(app: &TestApp, name: &str, tools: Vec<Value>) {
         prompts: vec![],
         resources: vec![],
         resource_templates: vec![],
+        modern_versions: vec![],
         latency: Duration::from_millis(1),
     }));
     app.state

@@ -26,6 +26,7 @@ async fn server(stateful: bool, json_response: bool, page_size: usize) -> Runnin
         stateful,
         json_response,
         page_size,
+        ..TestServerConfig::default()
     })
     .await
     .expect("test server starts")

@@ -88,6 +88,12 @@ async fn discovers_a_python_sdk_sse_server() {
     assert_eq!(names(&found.resources, "uri"), ["fixture://motd"]);
     assert!(found.resource_templates.is_empty());
     assert!(!found.protocol_version.is_empty());
+    // The legacy transport has no stateless protocol version.
+    assert!(
+        found.modern_versions.is_empty(),
+        "{:?}",
+        found.modern_versions
+    );
 }
 
 #[tokio::test]

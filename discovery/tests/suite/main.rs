@@ -3,5 +3,7 @@
 
 mod discovery;
 mod legacy_sse;
+mod mini;
+mod modern_versions;
 mod raw_fidelity;
 mod watch;
