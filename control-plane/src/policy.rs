@@ -4,7 +4,9 @@
 //! only enabled items that the upstream still offers are exposed, under the name
 //! [`crate::naming`] gives them (`expose_as`, the upstream name, or `{mcp_server}__{name}` when
 //! members collide); each MCP server becomes the Envoy cluster `mcp_<name>`, and the member's
-//! `path` is the URL path of the server's MCP endpoint. [`gateway_model`] adds what the xDS layer needs
+//! `path` is the URL path of the server's MCP endpoint; a member carries its server's discovered
+//! capabilities and stateless protocol versions (`modern_versions`: the filter speaks 2026-07-28 on
+//! a virtual server only when every member lists it). [`gateway_model`] adds what the xDS layer needs
 //! besides the policy: the upstream endpoints for clusters, and the accepted definitions that a
 //! virtual server exposes (for answering lists from the catalog).
 
@@ -119,6 +121,9 @@ pub fn compile_policy(dump: &CatalogDump) -> PolicySnapshot {
                         capabilities: server
                             .and_then(|s| s.health.capabilities.as_ref())
                             .map(definition)
+                            .unwrap_or_default(),
+                        modern_versions: server
+                            .map(|s| s.health.modern_versions.clone())
                             .unwrap_or_default(),
                         ..Member::new(
                             m.mcp_server.clone(),
@@ -312,6 +317,7 @@ mod tests {
                 last_error_at: None,
                 latency_ms: None,
                 protocol_version: None,
+                modern_versions: vec![],
                 server_info: None,
                 capabilities,
                 instructions: None,
@@ -401,6 +407,27 @@ mod tests {
             back.virtual_servers[0].members[0].capabilities,
             members[0].capabilities
         );
+    }
+
+    #[test]
+    fn members_carry_the_stateless_protocol_versions() {
+        let mut modern = server("a", None);
+        modern.health.modern_versions = vec!["2026-07-28".into()];
+        let dump = dump_of(
+            vec![modern, server("b", None)],
+            vec![tool("a", "x", None), tool("b", "y", None)],
+        );
+        let policy = compile_policy(&dump);
+        let members = &policy.virtual_servers[0].members;
+        assert_eq!(members[0].mcp_server, "a");
+        assert_eq!(members[0].modern_versions, ["2026-07-28"]);
+        assert_eq!(members[1].mcp_server, "b");
+        assert!(members[1].modern_versions.is_empty(), "handshake only");
+        // The snapshot's JSON form (what the filter reads) keeps them.
+        let json: serde_json::Value = serde_json::from_str(&policy.to_json()).unwrap();
+        let members = &json["virtual_servers"][0]["members"];
+        assert_eq!(members[0]["modern_versions"], json!(["2026-07-28"]));
+        assert!(members[1].get("modern_versions").is_none(), "{members}");
     }
 
     #[test]

@@ -236,6 +236,12 @@ pub struct Health {
     pub latency_ms: Option<i64>,
     /// The negotiated MCP protocol version.
     pub protocol_version: Option<String>,
+    /// The stateless MCP protocol versions (2026-07-28 and later) the server listed in its
+    /// `server/discover` answer at the last successful discovery; empty when it speaks only the
+    /// `initialize` handshake (or over the legacy SSE transport). A virtual server speaks a
+    /// stateless version only when all its MCP servers do.
+    #[serde(default)]
+    pub modern_versions: Vec<String>,
     /// The server's `serverInfo`.
     pub server_info: Option<serde_json::Value>,
     /// The server's `capabilities`.

@@ -19,8 +19,8 @@ use super::*;
 
 const SERVER_COLS: &str = "s.id, s.name, s.url, s.transport, s.description, s.credential_headers, \
     s.credential_header_names, s.health_status, s.last_success_at, s.last_error, s.last_error_at, \
-    s.latency_ms, s.server_info, s.capabilities, s.protocol_version, s.instructions, s.created_at, \
-    s.updated_at, \
+    s.latency_ms, s.server_info, s.capabilities, s.protocol_version, s.modern_versions, \
+    s.instructions, s.created_at, s.updated_at, \
     (SELECT COUNT(*) FROM tools t WHERE t.mcp_server_id = s.id AND t.removed_upstream = FALSE) AS n_tools, \
     (SELECT COUNT(*) FROM prompts t WHERE t.mcp_server_id = s.id AND t.removed_upstream = FALSE) AS n_prompts, \
     (SELECT COUNT(*) FROM resources t WHERE t.mcp_server_id = s.id AND t.removed_upstream = FALSE) AS n_resources, \
@@ -184,6 +184,9 @@ macro_rules! sql_store {
                         last_error_at: row.try_get("last_error_at")?,
                         latency_ms: row.try_get("latency_ms")?,
                         protocol_version: row.try_get("protocol_version")?,
+                        modern_versions: row
+                            .try_get::<Json<Vec<String>>, _>("modern_versions")?
+                            .0,
                         server_info: json("server_info")?,
                         capabilities: json("capabilities")?,
                         instructions: row.try_get("instructions")?,
@@ -416,8 +419,9 @@ macro_rules! sql_store {
                 Ok((rec, changes, v))
             }
 
-            /// Store health and items; returns what changed and whether the catalog or the
-            /// health status changed (worth a new version).
+            /// Store health and items; returns what changed and whether the catalog, the
+            /// health status or what the policy takes from the server row (its capabilities and
+            /// stateless protocol versions) changed (worth a new version).
             async fn apply_discovery(
                 c: &mut $Conn,
                 id: i64,
@@ -425,12 +429,18 @@ macro_rules! sql_store {
             ) -> Result<(DiscoveryChanges, bool), StoreError> {
                 // A no-op write first: takes the row lock on Postgres so two discoveries of the
                 // same server apply one after the other.
-                let prev: String = sqlx::query_scalar(
-                    "UPDATE mcp_servers SET health_status = health_status WHERE id = $1 RETURNING health_status",
+                let row = sqlx::query(
+                    "UPDATE mcp_servers SET health_status = health_status WHERE id = $1 \
+                     RETURNING health_status, capabilities, modern_versions",
                 )
                 .bind(id)
                 .fetch_one(&mut *c)
                 .await?;
+                let prev: String = row.try_get("health_status")?;
+                let prev_capabilities: Option<Value> =
+                    row.try_get::<Option<Json<Value>>, _>("capabilities")?.map(|j| j.0);
+                let prev_modern: Vec<String> =
+                    row.try_get::<Json<Vec<String>>, _>("modern_versions")?.0;
                 let now = Utc::now();
                 match outcome {
                     DiscoveryOutcome::Failure(reason) => {
@@ -448,8 +458,8 @@ macro_rules! sql_store {
                     DiscoveryOutcome::Success(d) => {
                         sqlx::query(
                             "UPDATE mcp_servers SET health_status = 'up', last_success_at = $1, latency_ms = $2, \
-                             server_info = $3, capabilities = $4, protocol_version = $5, instructions = $6 \
-                             WHERE id = $7",
+                             server_info = $3, capabilities = $4, protocol_version = $5, instructions = $6, \
+                             modern_versions = $7 WHERE id = $8",
                         )
                         .bind(now)
                         .bind(i64::try_from(d.latency.as_millis()).unwrap_or(i64::MAX))
@@ -457,6 +467,7 @@ macro_rules! sql_store {
                         .bind(Json(&d.capabilities))
                         .bind(&d.protocol_version)
                         .bind(&d.instructions)
+                        .bind(Json(&d.modern_versions))
                         .bind(id)
                         .execute(&mut *c)
                         .await?;
@@ -465,7 +476,9 @@ macro_rules! sql_store {
                             Self::sync_items(c, id, kind, items_of(d, kind), now, &mut changes).await?;
                         }
                         let changed = prev != "up"
-                            || changes.added + changes.drifted + changes.removed + changes.restored > 0;
+                            || changes.added + changes.drifted + changes.removed + changes.restored > 0
+                            || prev_capabilities.as_ref() != Some(&d.capabilities)
+                            || prev_modern != d.modern_versions;
                         Ok((changes, changed))
                     }
                 }

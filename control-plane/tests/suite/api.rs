@@ -43,6 +43,15 @@ fn discovered(tools: Vec<Value>) -> DiscoveryOutcome {
     }))
 }
 
+/// [`discovered`] from a server that also lists these stateless protocol versions.
+fn discovered_speaking(tools: Vec<Value>, modern_versions: &[&str]) -> DiscoveryOutcome {
+    let DiscoveryOutcome::Success(mut found) = discovered(tools) else {
+        unreachable!("discovered() is a success")
+    };
+    found.modern_versions = modern_versions.iter().map(|v| v.to_string()).collect();
+    DiscoveryOutcome::Success(found)
+}
+
 fn many_tools(n: usize) -> Vec<Value> {
     let mut t = vec![
         tool("echo", "Echo the message back."),
@@ -123,6 +132,7 @@ both_backends!(
     failed_requests_change_nothing,
     delete_in_use_mcp_server_needs_force,
     policy_is_compiled_from_enabled_accepted_items,
+    stateless_versions_are_stored_shown_and_reach_the_policy,
     pagination_of_mcp_and_virtual_servers,
     version_channel_follows_changes,
     openapi_document_lists_every_route,
@@ -1363,6 +1373,105 @@ async fn policy_is_compiled_from_enabled_accepted_items(app: &TestApp) {
     let exposed = &model.exposed["pol"];
     assert_eq!(exposed.tools[0]["name"], "p2.echo");
     assert_eq!(exposed.tools[0]["description"], "Echo the message back.");
+}
+
+/// The policy's members for the MCP server `name` in virtual server `vs`, from `/v1/policy`.
+async fn policy_member(app: &TestApp, vs: &str, name: &str) -> toolmesh_proto::Member {
+    let (s, policy) = app.get("/v1/policy").await;
+    assert_eq!(s, StatusCode::OK, "{policy}");
+    valid_policy(&policy)
+        .virtual_servers
+        .into_iter()
+        .find(|v| v.name == vs)
+        .and_then(|v| v.members.into_iter().find(|m| m.mcp_server == name))
+        .unwrap_or_else(|| panic!("no member {name} in {vs}: {policy}"))
+}
+
+async fn stateless_versions_are_stored_shown_and_reach_the_policy(app: &TestApp) {
+    // A server of the handshake era: none.
+    seed(app, "old", &[], many_tools(2)).await;
+    let (_, server) = app.get("/v1/mcp-servers/old").await;
+    assert_eq!(server["health"]["modern_versions"], json!([]), "{server}");
+    let (s, body) = app
+        .post(
+            "/v1/virtual-servers",
+            json!({"name": "mv", "tools": [{"mcp_server": "old", "tool": "echo"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert!(
+        policy_member(app, "mv", "old")
+            .await
+            .modern_versions
+            .is_empty()
+    );
+
+    // The upstream now speaks 2026-07-28 too: stored, shown, in a new policy version.
+    let v0 = app.version().await;
+    app.state
+        .store
+        .apply_discovery("old", &discovered_speaking(many_tools(2), &["2026-07-28"]))
+        .await
+        .unwrap();
+    let v1 = app.version().await;
+    assert!(v1 > v0, "a new stateless version is a catalog change");
+    let (_, server) = app.get("/v1/mcp-servers/old").await;
+    assert_eq!(server["health"]["modern_versions"], json!(["2026-07-28"]));
+    assert_eq!(server["health"]["protocol_version"], "2025-06-18");
+    let (_, list) = app.get("/v1/mcp-servers").await;
+    assert_eq!(
+        list["items"][0]["health"]["modern_versions"],
+        json!(["2026-07-28"]),
+        "{list}"
+    );
+    assert_eq!(
+        policy_member(app, "mv", "old").await.modern_versions,
+        ["2026-07-28"]
+    );
+
+    // The same answer again changes nothing.
+    app.state
+        .store
+        .apply_discovery("old", &discovered_speaking(many_tools(2), &["2026-07-28"]))
+        .await
+        .unwrap();
+    assert_eq!(app.version().await, v1);
+
+    // A failed discovery keeps what the last successful one saw (like protocol_version).
+    app.state
+        .store
+        .apply_discovery(
+            "old",
+            &DiscoveryOutcome::Failure("connection refused".into()),
+        )
+        .await
+        .unwrap();
+    let (_, server) = app.get("/v1/mcp-servers/old").await;
+    assert_eq!(server["health"]["status"], "down");
+    assert_eq!(server["health"]["modern_versions"], json!(["2026-07-28"]));
+
+    // Back to the handshake only (a downgrade): gone from the row and the policy.
+    let v2 = app.version().await;
+    app.state
+        .store
+        .apply_discovery("old", &discovered(many_tools(2)))
+        .await
+        .unwrap();
+    assert!(app.version().await > v2);
+    let (_, server) = app.get("/v1/mcp-servers/old").await;
+    assert_eq!(server["health"]["modern_versions"], json!([]));
+    assert!(
+        policy_member(app, "mv", "old")
+            .await
+            .modern_versions
+            .is_empty()
+    );
+
+    // The OpenAPI schema documents the field.
+    let (_, doc) = app.raw(Method::GET, "/openapi.json", None, None, "").await;
+    let field = &doc["components"]["schemas"]["Health"]["properties"]["modern_versions"];
+    assert_eq!(field["type"], "array", "{field}");
+    assert_eq!(field["items"]["type"], "string", "{field}");
 }
 
 async fn pagination_of_mcp_and_virtual_servers(app: &TestApp) {

@@ -30,6 +30,7 @@ async fn all_tools(app: &TestApp, server: &str) -> Vec<Value> {
 both_backends!(
     register_discovers_every_page,
     stateless_server_is_discovered_too,
+    a_server_of_the_handshake_era_has_no_stateless_version,
     credentials_reach_the_upstream,
     unreachable_upstream_is_down_with_reason,
     non_mcp_upstream_is_down_with_reason,
@@ -56,6 +57,12 @@ async fn register_discovers_every_page(app: &TestApp) {
     assert!(body["health"]["server_info"]["name"].is_string(), "{body}");
     assert!(body["health"]["capabilities"]["tools"].is_object());
     assert!(body["health"]["protocol_version"].is_string());
+    // rmcp 3.11 servers speak the stateless revision too; discovery asked server/discover.
+    assert_eq!(
+        body["health"]["modern_versions"],
+        json!(["2026-07-28"]),
+        "{body}"
+    );
     assert!(body["health"]["latency_ms"].is_number());
 
     let tools = all_tools(app, "everything").await;
@@ -90,15 +97,37 @@ async fn register_discovers_every_page(app: &TestApp) {
 
 async fn stateless_server_is_discovered_too(app: &TestApp) {
     let upstream = spawn(TestServerConfig {
-        stateful: false,
-        json_response: true,
         page_size: 4,
+        ..TestServerConfig::stateless_json()
     })
     .await
     .unwrap();
     let body = register(app, "stateless", &upstream.url()).await;
     assert_eq!(body["health"]["status"], "up", "{body}");
     assert_eq!(body["counts"]["tools"], TOOL_COUNT as i64);
+    assert_eq!(body["health"]["modern_versions"], json!(["2026-07-28"]));
+    upstream.shutdown().await;
+}
+
+async fn a_server_of_the_handshake_era_has_no_stateless_version(app: &TestApp) {
+    let upstream = spawn(TestServerConfig {
+        handshake_only: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let body = register(app, "handshake", &upstream.url()).await;
+    // It refused server/discover; that is no discovery failure.
+    assert_eq!(body["health"]["status"], "up", "{body}");
+    assert_eq!(body["counts"]["tools"], TOOL_COUNT as i64);
+    assert_eq!(body["health"]["modern_versions"], json!([]), "{body}");
+    assert!(
+        upstream
+            .jsonrpc_methods()
+            .iter()
+            .any(|m| m == "server/discover"),
+        "discovery asked"
+    );
     upstream.shutdown().await;
 }
 
