@@ -278,8 +278,22 @@ fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// The strings of the JSON array at `ptr` (empty when absent).
+fn strings(v: &Value, ptr: &str) -> Vec<String> {
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn show_mcp_server(v: &Value) -> String {
     let mut out = String::new();
+    let mut line = |label: &str, value: String| out.push_str(&format!("{label:<14} {value}\n"));
     for (label, ptr) in [
         ("name", "/name"),
         ("url", "/url"),
@@ -292,6 +306,19 @@ fn show_mcp_server(v: &Value) -> String {
         ("last error at", "/health/last_error_at"),
         ("latency ms", "/health/latency_ms"),
         ("protocol", "/health/protocol_version"),
+    ] {
+        line(label, s(v, ptr));
+    }
+    let modern = strings(v, "/health/modern_versions");
+    line(
+        "stateless",
+        if modern.is_empty() {
+            "none".to_string()
+        } else {
+            modern.join(", ")
+        },
+    );
+    for (label, ptr) in [
         ("server", "/health/server_info/name"),
         ("tools", "/counts/tools"),
         ("prompts", "/counts/prompts"),
@@ -299,38 +326,18 @@ fn show_mcp_server(v: &Value) -> String {
         ("templates", "/counts/resource_templates"),
         ("drifted", "/counts/drifted"),
     ] {
-        out.push_str(&format!("{label:<14} {}\n", s(v, ptr)));
+        line(label, s(v, ptr));
     }
-    let tags: Vec<String> = v
-        .get("tags")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    out.push_str(&format!("{:<14} {}\n", "tags", tags.join(", ")));
-    let creds: Vec<String> = v
-        .get("credential_header_names")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    out.push_str(&format!(
-        "{:<14} {}\n",
+    line("tags", strings(v, "/tags").join(", "));
+    let creds = strings(v, "/credential_header_names");
+    line(
         "credentials",
         if creds.is_empty() {
             "none".to_string()
         } else {
             format!("headers {} (values hidden)", creds.join(", "))
-        }
-    ));
+        },
+    );
     if let Some(c) = v.get("changes").filter(|c| !c.is_null()) {
         out.push_str(&format!(
             "{:<14} added {}, drifted {}, removed {}, restored {}\n",

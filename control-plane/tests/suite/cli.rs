@@ -83,6 +83,7 @@ async fn catalog_cli_against_a_live_server() {
     assert!(ok, "{err}");
     assert!(out.contains("health         up"), "{out}");
     assert!(out.contains("tools          25"), "{out}");
+    assert!(out.contains("stateless      2026-07-28\n"), "{out}");
     assert!(out.contains("headers x-key (values hidden)"), "{out}");
     assert!(!out.contains("v1\n"), "{out}");
 
