@@ -251,6 +251,9 @@ pub struct Forward {
     pub member: usize,
     /// The JSON-RPC id, if any.
     pub id: Option<Id>,
+    /// A stateless (2026-07-28) request for a member that speaks only the handshake: the
+    /// filter makes the call itself, inside a member session opened for it ([`crate::modern`]).
+    pub open_member_session: bool,
 }
 
 /// What the filter answers itself, from the policy (see [`crate::local`]).
@@ -563,6 +566,7 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
                 tool: None,
                 member: 0,
                 id: None,
+                open_member_session: false,
             })
         }
         "POST" => {
@@ -888,6 +892,11 @@ impl Ctx<'_> {
             tool,
             member,
             id: msg.id.clone(),
+            open_member_session: self.pending.modern
+                && !m
+                    .modern_versions
+                    .iter()
+                    .any(|v| Some(*v) == self.pending.protocol_version.as_deref()),
         })
     }
 
@@ -1034,10 +1043,6 @@ impl Ctx<'_> {
         if msg.id.is_none() {
             // Nothing upstream acts on a client notification here (cancellation is closing
             // the response stream): accepted and dropped, as the spec allows.
-            if !self.vs.modern_versions.contains(&header_version) {
-                let requested = header_version.to_owned();
-                return self.local(msg, method, LocalKind::UnsupportedVersion { requested });
-            }
             return self.local(msg, method, LocalKind::Accepted);
         }
         let mismatch = |why: &str| {
@@ -1047,8 +1052,9 @@ impl Ctx<'_> {
                 ..self.deny(Reason::HeaderMismatch, id, codes::HEADER_MISMATCH, why, 400)
             })
         };
-        let version = match crate::modern::envelope_version(self.body, header_version) {
-            Ok(v) => v,
+        // (The header selected this path, so the version is one the gateway speaks.)
+        match crate::modern::envelope_version(self.body, header_version) {
+            Ok(_) => {}
             Err(r) if r.code == codes::HEADER_MISMATCH => return mismatch(&r.message),
             Err(r) => {
                 return BodyDecision::Deny(Deny {
@@ -1057,7 +1063,7 @@ impl Ctx<'_> {
                     ..self.deny(Reason::InvalidRequest, id, r.code, &r.message, 400)
                 });
             }
-        };
+        }
         if self.pending.mcp_method.as_deref() != Some(name) {
             return mismatch("Mcp-Method header does not match the request body's method");
         }
@@ -1072,13 +1078,6 @@ impl Ctx<'_> {
             return mismatch(&format!(
                 "Mcp-Name header is missing; it must carry the request body's '{param}' parameter"
             ));
-        }
-        if !self.vs.modern_versions.contains(&version.as_str()) {
-            return self.local(
-                msg,
-                method,
-                LocalKind::UnsupportedVersion { requested: version },
-            );
         }
         match name {
             "server/discover" => self.local(msg, method, LocalKind::Discover),

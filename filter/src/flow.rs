@@ -149,6 +149,42 @@ enum Phase {
     Forwarded,
     /// Answering locally after callouts.
     Calling(LocalCalls),
+    /// Serving a stateless request inside a member session of its own.
+    Translating(Translation),
+}
+
+/// How long the filter waits for a member's answer to a call it makes itself (a stateless
+/// request to a member that speaks only the handshake): as long as a tool may run.
+pub const CALL_TIMEOUT_MS: u32 = 300_000;
+
+/// A stateless request served inside a member session of its own ([`Flow::translate`]).
+#[derive(Debug)]
+struct Translation {
+    vs: usize,
+    member: usize,
+    /// The client's request id (for the errors the filter answers itself).
+    id: Option<Id>,
+    /// `:path` of the call (the member's path and the client's query).
+    path: Rc<str>,
+    /// The request body as the member gets it (renamed).
+    body: Vec<u8>,
+    step: Step,
+}
+
+/// Where a [`Translation`] is.
+#[derive(Debug)]
+enum Step {
+    /// `initialize` sent.
+    Initializing,
+    /// `notifications/initialized` sent in the member's new session.
+    Notifying { session_id: String, version: String },
+    /// The call sent (in the member's session, if it gave one).
+    Calling {
+        session_id: Option<String>,
+        version: String,
+    },
+    /// The member session's DELETE sent; then this reply.
+    Closing(Reply),
 }
 
 #[derive(Debug)]
@@ -395,7 +431,7 @@ impl Flow {
             .filter(|_| !crate::modern::selects_modern(head.protocol_version))
             .map(str::to_owned);
         match decide_head(&self.policy, head) {
-            HeadDecision::Forward(f) => self.forward(f, now_ms),
+            HeadDecision::Forward(f) => self.forward(f, None, now_ms),
             HeadDecision::Local(l) => self.local(l),
             HeadDecision::Deny(d) => self.deny(d),
             HeadDecision::ReadBody(p) => {
@@ -457,7 +493,7 @@ impl Flow {
             return RequestAction::ReadBody;
         };
         match decide_body(&self.policy, p, body) {
-            BodyDecision::Forward(f) => self.forward(f, now_ms),
+            BodyDecision::Forward(f) => self.forward(f, Some(body), now_ms),
             BodyDecision::Local(l) => self.local(l),
             BodyDecision::Deny(d) => self.deny(d),
         }
@@ -494,7 +530,10 @@ impl Flow {
         }
     }
 
-    fn forward(&mut self, mut f: Forward, now_ms: u64) -> RequestAction {
+    /// An allowed request: forward it (`body`: the client's, when it was read), or, for a
+    /// stateless request to a member that speaks only the handshake, start the calls that
+    /// serve it ([`Flow::translate`]).
+    fn forward(&mut self, mut f: Forward, body: Option<&[u8]>, now_ms: u64) -> RequestAction {
         let policy = Rc::clone(&self.policy);
         if let Some(vs) = policy.virtual_server_at(f.vs)
             && self.session_id.is_some()
@@ -563,7 +602,240 @@ impl Flow {
                 done: false,
             });
         }
+        if f.open_member_session {
+            return self.translate(f, body);
+        }
         RequestAction::Forward(f.route)
+    }
+
+    /// Serve a stateless (2026-07-28) request whose member speaks only the handshake: open a
+    /// member session for it (`initialize`), then [`Flow::on_callout_response`] completes the
+    /// handshake, makes the call, closes the session and answers with the member's response.
+    fn translate(&mut self, f: Forward, body: Option<&[u8]>) -> RequestAction {
+        let policy = Rc::clone(&self.policy);
+        let Some(m) = policy
+            .virtual_server_at(f.vs)
+            .and_then(|vs| vs.member(f.member))
+        else {
+            return RequestAction::Deny(Reply::new(500, Vec::new()));
+        };
+        let body = f
+            .route
+            .body
+            .clone()
+            .or_else(|| body.map(<[u8]>::to_vec))
+            .unwrap_or_default();
+        self.phase = Phase::Translating(Translation {
+            vs: f.vs,
+            member: f.member,
+            id: f.id.clone(),
+            path: Rc::clone(&f.route.path),
+            body,
+            step: Step::Initializing,
+        });
+        RequestAction::Callouts(vec![Callout {
+            key: 0,
+            cluster: Rc::clone(&m.cluster),
+            headers: member_headers(m, None, None),
+            body: Some(crate::local::member_initialize_body(
+                crate::local::LATEST_PROTOCOL_VERSION,
+            )),
+            timeout_ms: policy.member_timeout_ms,
+            label: format!(
+                "initialize of MCP server '{}' (stateless request)",
+                m.mcp_server
+            ),
+        }])
+    }
+
+    /// The next step of a [`Flow::translate`]d request, given the answer to the last call.
+    fn translation_step(
+        &mut self,
+        response: Option<CalloutResponse<'_>>,
+        now_ms: u64,
+    ) -> CalloutAction {
+        let policy = Rc::clone(&self.policy);
+        let Phase::Translating(mut t) = std::mem::replace(&mut self.phase, Phase::Denied) else {
+            return CalloutAction::Wait;
+        };
+        let Some(m) = policy
+            .virtual_server_at(t.vs)
+            .and_then(|vs| vs.member(t.member))
+        else {
+            return CalloutAction::Reply(Reply::new(500, Vec::new()));
+        };
+        let callout = |headers: Vec<(&'static str, String)>, body: Option<Vec<u8>>, what: &str| {
+            let timeout_ms = if what == "call" {
+                CALL_TIMEOUT_MS
+            } else {
+                policy.member_timeout_ms
+            };
+            Callout {
+                key: 0,
+                cluster: Rc::clone(&m.cluster),
+                headers,
+                body,
+                timeout_ms,
+                label: format!(
+                    "{what} at MCP server '{}' (stateless request)",
+                    m.mcp_server
+                ),
+            }
+        };
+        let call = |sid: Option<&str>, version: &str| {
+            let mut headers = member_headers(m, sid, Some(version));
+            if let Some(h) = headers.iter_mut().find(|(n, _)| *n == ":path") {
+                h.1 = t.path.to_string();
+            }
+            callout(headers, Some(t.body.clone()), "call")
+        };
+        let step = std::mem::replace(&mut t.step, Step::Initializing);
+        let next = match step {
+            Step::Initializing => match response {
+                Some(r) if (200..300).contains(&r.status) => {
+                    match crate::local::parse_member_initialize(r.content_type, r.body) {
+                        Ok(version) => match r.session_id.filter(|s| !s.is_empty()) {
+                            Some(sid) => {
+                                let notify = callout(
+                                    member_headers(m, Some(sid), Some(&version)),
+                                    Some(crate::local::INITIALIZED_NOTIFICATION.to_vec()),
+                                    "notifications/initialized",
+                                );
+                                t.step = Step::Notifying {
+                                    session_id: sid.to_owned(),
+                                    version,
+                                };
+                                Ok(notify)
+                            }
+                            None => {
+                                let c = call(None, &version);
+                                t.step = Step::Calling {
+                                    session_id: None,
+                                    version,
+                                };
+                                Ok(c)
+                            }
+                        },
+                        Err(why) => Err(format!("its initialize answer is unusable: {why}")),
+                    }
+                }
+                Some(r) => Err(format!("initialize answered HTTP {}", r.status)),
+                None => Err("initialize failed (no answer in time, or reset)".to_owned()),
+            },
+            Step::Notifying {
+                session_id,
+                version,
+            } => match response {
+                Some(r) if r.status < 400 => {
+                    let c = call(Some(&session_id), &version);
+                    t.step = Step::Calling {
+                        session_id: Some(session_id),
+                        version,
+                    };
+                    Ok(c)
+                }
+                Some(r) => Err(format!(
+                    "notifications/initialized answered HTTP {}",
+                    r.status
+                )),
+                None => {
+                    Err("notifications/initialized failed (no answer in time, or reset)".to_owned())
+                }
+            },
+            Step::Calling {
+                session_id,
+                version,
+            } => {
+                let reply = match response {
+                    Some(r) => {
+                        self.settle_call(r.status, r.content_type, r.body, now_ms);
+                        match crate::modern::member_reply(r.content_type, r.body) {
+                            Ok((status, text)) => Reply::new(status, text.into_bytes()),
+                            Err(why) => Self::member_error(
+                                &t,
+                                &format!(
+                                    "MCP server '{}' answered with no JSON-RPC response: {why}",
+                                    m.mcp_server
+                                ),
+                            ),
+                        }
+                    }
+                    None => {
+                        self.finish_call(false, now_ms);
+                        Self::member_error(
+                            &t,
+                            &format!(
+                                "MCP server '{}' did not answer in time (or the call was reset)",
+                                m.mcp_server
+                            ),
+                        )
+                    }
+                };
+                let Some(sid) = session_id else {
+                    return CalloutAction::Reply(reply);
+                };
+                // End the member session before answering (answering ends this stream, and
+                // with it the calls it still has open).
+                let mut headers = member_headers(m, Some(&sid), Some(&version));
+                if let Some(h) = headers.first_mut() {
+                    h.1 = "DELETE".to_owned();
+                }
+                t.step = Step::Closing(reply);
+                Ok(callout(headers, None, "session end"))
+            }
+            Step::Closing(reply) => return CalloutAction::Reply(reply),
+        };
+        match next {
+            Ok(c) => {
+                self.phase = Phase::Translating(t);
+                CalloutAction::Dispatch(vec![c])
+            }
+            Err(why) => {
+                let vs_name = policy
+                    .virtual_server_at(t.vs)
+                    .map_or("", |v| v.name.as_str());
+                self.notes.push(format!(
+                    "virtual server '{vs_name}': MCP server '{}' could not open a session for a \
+                     stateless request: {why}",
+                    m.mcp_server
+                ));
+                self.stats.push(StatOp::inc(StatKey::VsDenied {
+                    vs: index(t.vs),
+                    reason: Reason::MemberInitFailed,
+                }));
+                self.finish_call(false, now_ms);
+                CalloutAction::Reply(Self::member_error(
+                    &t,
+                    &format!(
+                        "MCP server '{}' is unavailable: it could not open a session ({why})",
+                        m.mcp_server
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// A -32603 reply (HTTP 200, as 2026-07-28 maps it) to the request being translated.
+    fn member_error(t: &Translation, message: &str) -> Reply {
+        Reply::new(
+            crate::modern::status_of(codes::INTERNAL_ERROR),
+            crate::jsonrpc::error_body(t.id.as_ref(), codes::INTERNAL_ERROR, message),
+        )
+    }
+
+    /// Decide a call's outcome from a whole response the filter received itself.
+    fn settle_call(&mut self, status: u16, content_type: Option<&str>, body: &[u8], now_ms: u64) {
+        let cap = self.policy.max_body_bytes.max(MIN_OBSERVE_CAP);
+        if let Some(call) = &mut self.call {
+            call.status_error = status >= 400;
+            if !call.status_error {
+                let mut observer =
+                    CallObserver::new(call.id.clone(), BodyKind::of(content_type), cap);
+                observer.push_last(body);
+                call.observer = Some(observer);
+            }
+        }
+        self.finish_call(true, now_ms);
     }
 
     fn result_reply(id: Option<&Id>, result: &str) -> Reply {
@@ -623,7 +895,7 @@ impl Flow {
                 &crate::modern::discover_result(&policy, vs),
             )),
             LocalKind::UnsupportedVersion { requested } => {
-                let r = crate::modern::unsupported_version(vs, requested);
+                let r = crate::modern::unsupported_version(requested);
                 RequestAction::Deny(Reply::new(
                     400,
                     crate::jsonrpc::error_body_with_data(id, r.code, &r.message, r.data.as_deref()),
@@ -719,12 +991,17 @@ impl Flow {
         }
     }
 
-    /// The answer to callout `key` (`None`: it failed: reset, timeout, no such cluster).
+    /// The answer to callout `key` (`None`: it failed: reset, timeout, no such cluster),
+    /// arriving at `now_ms`.
     pub fn on_callout_response(
         &mut self,
         key: u32,
         response: Option<CalloutResponse<'_>>,
+        now_ms: u64,
     ) -> CalloutAction {
+        if matches!(self.phase, Phase::Translating(_)) {
+            return self.translation_step(response, now_ms);
+        }
         let policy = Rc::clone(&self.policy);
         let Phase::Calling(p) = &mut self.phase else {
             return CalloutAction::Wait;

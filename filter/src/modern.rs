@@ -8,12 +8,12 @@
 //! `MCP-Protocol-Version` header, so the filter knows from the headers which path a request
 //! takes; clients that still speak the handshake (2025-11-25 and older) are untouched.
 //!
-//! The filter speaks it on a virtual server whose members all do (their `server/discover`
-//! lists it; the catalog records it): lists and `server/discover` are answered from the policy,
-//! calls go to the owning member unchanged but for exposed names, without a session. A virtual
-//! server with a member that speaks only the handshake answers every stateless request with
-//! -32022 naming the handshake versions, so auto-negotiating clients (the Python SDK's default)
-//! fall back to `initialize`.
+//! Every virtual server speaks it. Lists and `server/discover` are answered from the policy. A
+//! call goes to the owning member: unchanged but for exposed names and without a session when
+//! the member speaks 2026-07-28 itself (its `server/discover` lists it; the catalog records it);
+//! to a member that speaks only the handshake, the filter makes the call itself inside a session
+//! it opens for this one request (`initialize`, `notifications/initialized`, the call, DELETE)
+//! and answers with the member's response, tagged as 2026-07-28 requires ([`member_reply`]).
 //!
 //! Every function here is pure; [`crate::decide`] and [`crate::flow`] call them.
 
@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::decide::codes;
 use crate::local::SUPPORTED_PROTOCOL_VERSIONS;
 use crate::policy::{CompiledPolicy, CompiledVs};
+use crate::sse::{self, SseSplitter};
 
 /// `params._meta` key of the request's protocol version.
 pub const PROTOCOL_VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
@@ -157,33 +158,67 @@ pub fn envelope_version(body: &[u8], header_version: &str) -> Result<String, Rej
     }
 }
 
-/// The versions a virtual server speaks: its stateless ones, then the handshake ones.
-pub fn supported_versions(vs: &CompiledVs) -> Vec<&'static str> {
-    vs.modern_versions
+/// The versions every virtual server speaks: the stateless ones, then the handshake ones.
+pub fn supported_versions() -> Vec<&'static str> {
+    toolmesh_proto::MODERN_PROTOCOL_VERSIONS
         .iter()
         .copied()
         .chain(SUPPORTED_PROTOCOL_VERSIONS)
         .collect()
 }
 
-/// -32022 for a version the virtual server does not speak statelessly; `data` names what it
-/// speaks (so a client that also speaks the handshake falls back to `initialize`).
-pub fn unsupported_version(vs: &CompiledVs, requested: &str) -> Rejection {
-    let supported = supported_versions(vs);
-    let why = if vs.modern_versions.is_empty() {
-        format!(
-            "virtual server '{}' speaks protocol {requested} only when all its MCP servers do; \
-             use initialize",
-            vs.name
-        )
-    } else {
-        format!("protocol version '{requested}' is not supported")
-    };
+/// -32022 for a version the gateway does not speak statelessly; `data` names what it speaks
+/// (so a client that also speaks the handshake can fall back to `initialize`).
+pub fn unsupported_version(requested: &str) -> Rejection {
     Rejection {
         code: codes::UNSUPPORTED_PROTOCOL_VERSION,
-        message: format!("Unsupported protocol version: {why}"),
-        data: Some(json!({"supported": supported, "requested": requested}).to_string()),
+        message: format!("Unsupported protocol version '{requested}'"),
+        data: Some(json!({"supported": supported_versions(), "requested": requested}).to_string()),
     }
+}
+
+/// The longest SSE event [`member_reply`] reads.
+const MAX_EVENT: usize = 16 * 1024 * 1024;
+
+/// The reply to a stateless client from the response of a member that speaks only the
+/// handshake (a JSON body, or an event stream whose JSON-RPC response event is taken; the
+/// progress and log notifications before it are dropped, as there is no stream to the client
+/// any more): `(HTTP status, JSON text)`, a result tagged `resultType: "complete"` as 2026-07-28
+/// requires, an error with the spec's status. `Err(why)` when the member's answer holds no
+/// JSON-RPC response.
+pub fn member_reply(content_type: Option<&str>, body: &[u8]) -> Result<(u16, String), String> {
+    let essence = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase());
+    let mut response = if essence.as_deref() == Some("text/event-stream") {
+        let mut splitter = SseSplitter::new(MAX_EVENT);
+        let mut events = splitter.push(body);
+        events.push(splitter.finish());
+        events
+            .iter()
+            .filter_map(|e| sse::event_data(e))
+            .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
+            .find(|v| v.get("id").is_some() && v.get("method").is_none())
+            .ok_or_else(|| "its event stream holds no JSON-RPC response".to_string())?
+    } else {
+        serde_json::from_slice::<Value>(body).map_err(|e| format!("its answer is not JSON: {e}"))?
+    };
+    let status = match response.get("error").and_then(|e| e.get("code")) {
+        Some(code) => status_of(code.as_i64().unwrap_or(0)),
+        None => 200,
+    };
+    let is_error = response.get("error").is_some();
+    match response.get_mut("result") {
+        Some(Value::Object(result)) => {
+            result
+                .entry("resultType")
+                .or_insert_with(|| Value::from("complete"));
+        }
+        Some(_) => return Err("its result is not an object".into()),
+        None if is_error => {}
+        None => return Err("its answer is not a JSON-RPC response".into()),
+    }
+    Ok((status, response.to_string()))
 }
 
 /// The `_meta` of a result the filter answers itself: the virtual server names itself.
@@ -196,7 +231,7 @@ fn result_meta(policy: &CompiledPolicy, vs: &CompiledVs) -> Value {
 /// stale, private: a catalog change may alter it at any moment) and the server's identity.
 pub fn discover_result(policy: &CompiledPolicy, vs: &CompiledVs) -> String {
     json!({
-        "supportedVersions": supported_versions(vs),
+        "supportedVersions": supported_versions(),
         "capabilities": crate::local::capabilities(vs),
         "ttlMs": 0,
         "cacheScope": "private",
@@ -298,46 +333,73 @@ mod tests {
 
     #[test]
     fn discover_names_the_virtual_server_and_its_versions() {
-        let p = policy();
-        let Some(vs) = p.virtual_server("demo") else {
-            panic!("no demo")
-        };
-        assert!(
-            vs.modern_versions.is_empty(),
-            "the test policy's members speak only the handshake"
-        );
-        let r = unsupported_version(vs, "2026-07-28");
+        let r = unsupported_version("2099-01-01");
         assert_eq!(r.code, codes::UNSUPPORTED_PROTOCOL_VERSION);
         assert_eq!(
             v(r.data.as_deref().unwrap_or("null")),
-            json!({"supported": ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"],
-                   "requested": "2026-07-28"})
+            json!({"supported": ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26",
+                                 "2024-11-05"],
+                   "requested": "2099-01-01"})
         );
+        // Whatever its members speak.
+        for p in [policy(), modern_policy()] {
+            let Some(vs) = p.virtual_server("demo") else {
+                panic!("no demo")
+            };
+            let d = v(&discover_result(&p, vs));
+            assert_eq!(
+                d["supportedVersions"],
+                json!([
+                    "2026-07-28",
+                    "2025-11-25",
+                    "2025-06-18",
+                    "2025-03-26",
+                    "2024-11-05"
+                ])
+            );
+            assert_eq!(d["resultType"], "complete");
+            assert_eq!(d["ttlMs"], 0);
+            assert_eq!(d["cacheScope"], "private");
+            assert_eq!(d["_meta"][SERVER_INFO_KEY]["name"], "demo");
+            assert!(d["capabilities"]["tools"].is_object(), "{d}");
+        }
         let p = modern_policy();
         let Some(vs) = p.virtual_server("demo") else {
             panic!("no demo")
         };
+        let speaks: Vec<_> = vs
+            .members
+            .iter()
+            .map(|m| m.modern_versions.clone())
+            .collect();
         assert_eq!(
-            vs.modern_versions,
-            ["2026-07-28"],
-            "what every member speaks"
+            speaks,
+            [["2026-07-28"], ["2026-07-28"]],
+            "only the versions the filter knows"
         );
-        let d = v(&discover_result(&p, vs));
+    }
+
+    #[test]
+    fn member_answers_become_stateless_replies() {
+        let sse = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"content\":[]}}\n\n";
+        let (status, text) = member_reply(Some("text/event-stream"), sse.as_bytes()).unwrap();
+        assert_eq!(status, 200);
         assert_eq!(
-            d["supportedVersions"],
-            json!([
-                "2026-07-28",
-                "2025-11-25",
-                "2025-06-18",
-                "2025-03-26",
-                "2024-11-05"
-            ])
+            v(&text),
+            json!({"jsonrpc": "2.0", "id": 3, "result": {"content": [], "resultType": "complete"}})
         );
-        assert_eq!(d["resultType"], "complete");
-        assert_eq!(d["ttlMs"], 0);
-        assert_eq!(d["cacheScope"], "private");
-        assert_eq!(d["_meta"][SERVER_INFO_KEY]["name"], "demo");
-        assert!(d["capabilities"]["tools"].is_object(), "{d}");
+        let json = br#"{"jsonrpc":"2.0","id":"a","result":{"resultType":"input_required"}}"#;
+        let (_, text) = member_reply(Some("application/json"), json).unwrap();
+        assert_eq!(v(&text)["result"]["resultType"], "input_required", "kept");
+        let error = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#;
+        let (status, text) = member_reply(Some("application/json; charset=utf-8"), error).unwrap();
+        assert_eq!(
+            (status, v(&text)["error"]["code"].as_i64()),
+            (400, Some(-32602))
+        );
+        assert!(member_reply(Some("application/json"), b"<html>").is_err());
+        assert!(member_reply(Some("text/event-stream"), b"data: {}\n\n").is_err());
+        assert!(member_reply(None, br#"{"jsonrpc":"2.0","id":1,"result":7}"#).is_err());
     }
 
     #[test]

@@ -58,11 +58,6 @@ pub struct CompiledVs {
     pub index: usize,
     /// Its members, in snapshot order; member 0 is the primary.
     pub members: Vec<CompiledMember>,
-    /// The stateless protocol versions (2026-07-28 and later) the virtual server speaks: those of
-    /// [`toolmesh_proto::MODERN_PROTOCOL_VERSIONS`] every member lists
-    /// ([`toolmesh_proto::Member::modern_versions`]); all of them for a virtual server without
-    /// members (it answers everything itself). Empty: only the `initialize` handshake.
-    pub modern_versions: Vec<&'static str>,
     tools: HashMap<String, Item>,
     prompts: HashMap<String, Item>,
     resources: HashMap<String, usize>,
@@ -95,6 +90,11 @@ pub struct CompiledMember {
     pub path: Rc<str>,
     /// `host[:port]` of the upstream: the `:authority` of the filter's own calls to it.
     pub authority: Rc<str>,
+    /// The stateless protocol versions of [`toolmesh_proto::MODERN_PROTOCOL_VERSIONS`] the
+    /// upstream speaks ([`toolmesh_proto::Member::modern_versions`]): a stateless request at one
+    /// of them is forwarded as is; at another, the filter opens a session for it
+    /// ([`crate::modern`]).
+    pub modern_versions: Vec<&'static str>,
     /// The upstream declares the `logging` capability.
     pub logging: bool,
     /// The upstream declares the `completions` capability.
@@ -302,15 +302,6 @@ fn compile_vs(
         name: vs.name.clone(),
         index,
         members: Vec::with_capacity(vs.members.len()),
-        modern_versions: toolmesh_proto::MODERN_PROTOCOL_VERSIONS
-            .iter()
-            .copied()
-            .filter(|v| {
-                vs.members
-                    .iter()
-                    .all(|m| m.modern_versions.iter().any(|mv| mv == v))
-            })
-            .collect(),
         tools: HashMap::new(),
         prompts: HashMap::new(),
         resources: HashMap::new(),
@@ -327,6 +318,11 @@ fn compile_vs(
             cluster: Rc::from(m.cluster.as_str()),
             path: Rc::from(m.path.as_str()),
             authority: Rc::from(m.authority.as_str()),
+            modern_versions: toolmesh_proto::MODERN_PROTOCOL_VERSIONS
+                .iter()
+                .copied()
+                .filter(|v| m.modern_versions.iter().any(|mv| mv == v))
+                .collect(),
             logging: m.capabilities.contains_key("logging"),
             completions: m.capabilities.contains_key("completions"),
             subscribe: m

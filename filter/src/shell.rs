@@ -252,7 +252,7 @@ impl Context for Http {
             content_type: header("content-type"),
             body: &body,
         });
-        let action = self.flow.on_callout_response(key, response);
+        let action = self.flow.on_callout_response(key, response, now_ms());
         self.after_callout(action);
     }
 }
@@ -351,7 +351,7 @@ impl Http {
                 Ok(token) => self.callouts.push((token, call.key)),
                 Err(e) => {
                     warn!("toolmesh: {} could not be sent: {e:?}", call.label);
-                    match self.flow.on_callout_response(call.key, None) {
+                    match self.flow.on_callout_response(call.key, None, now_ms()) {
                         CalloutAction::Wait => {}
                         CalloutAction::Dispatch(more) => queue.extend(more),
                         CalloutAction::Reply(r) => {

@@ -312,11 +312,19 @@ fn the_filter_answers_pings_lists_and_the_2026_probe_itself() {
     );
     assert_eq!(result(&action).1["error"]["code"], -32602);
 
-    // protocol 2026-07-28 probe on a virtual server whose members speak only the handshake:
-    // -32022 (HTTP 400) naming the versions it speaks, so the client falls back to initialize.
-    let (action, stats, _) = run(
+    // The protocol 2026-07-28 probe is answered even when the members speak only the
+    // handshake (the filter serves their calls in sessions of its own).
+    let (action, _, _) = run(
         &modern(post("/servers/demo/mcp"), "server/discover"),
         &stateless("server/discover", json!({})),
+    );
+    let (status, v) = answer(&action);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["supportedVersions"][0], "2026-07-28", "{v}");
+    // server/discover without the 2026-07-28 header: -32022 (HTTP 400) naming the versions.
+    let (action, stats, _) = run(
+        &post("/servers/demo/mcp"),
+        r#"{"jsonrpc":"2.0","id":3,"method":"server/discover","params":{}}"#,
     );
     let (status, v) = answer(&action);
     assert_eq!(status, 400);
@@ -451,6 +459,7 @@ fn initialize(jti: &str, weather: Option<CalloutResponse<'_>>) -> Reply {
             content_type: Some("application/json"),
             body: up,
         }),
+        0,
     ) else {
         panic!("a stateful member gets notifications/initialized");
     };
@@ -461,7 +470,7 @@ fn initialize(jti: &str, weather: Option<CalloutResponse<'_>>) -> Reply {
             .contains(&("mcp-session-id", "up-1".to_string()))
     );
     assert_eq!(
-        flow.on_callout_response(weather_key, weather),
+        flow.on_callout_response(weather_key, weather, 0),
         CalloutAction::Wait
     );
     let CalloutAction::Reply(reply) = flow.on_callout_response(
@@ -472,6 +481,7 @@ fn initialize(jti: &str, weather: Option<CalloutResponse<'_>>) -> Reply {
             content_type: None,
             body: b"",
         }),
+        0,
     ) else {
         panic!("all members done: the reply");
     };
@@ -629,7 +639,7 @@ fn several_members_have_no_get_stream_and_delete_ends_every_member_session() {
             .headers
             .contains(&("mcp-session-id", "up-1".to_string()))
     );
-    match flow.on_callout_response(calls[0].key, None) {
+    match flow.on_callout_response(calls[0].key, None, 0) {
         CalloutAction::Reply(r) => assert_eq!(r.status, 200),
         other => panic!("expected the reply, got {other:?}"),
     }
@@ -1759,4 +1769,128 @@ fn the_stateless_protocol_is_answered_and_routed_without_sessions() {
             other => panic!("{method}: {other:?}"),
         }
     }
+}
+
+fn callout_response<'a>(
+    status: u16,
+    session_id: Option<&'a str>,
+    content_type: Option<&'a str>,
+    body: &'a [u8],
+) -> Option<CalloutResponse<'a>> {
+    Some(CalloutResponse {
+        status,
+        session_id,
+        content_type,
+        body,
+    })
+}
+
+fn dispatched(action: CalloutAction) -> toolmesh_filter::flow::Callout {
+    match action {
+        CalloutAction::Dispatch(mut calls) if calls.len() == 1 => calls.remove(0),
+        other => panic!("expected one call, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_stateless_call_to_a_handshake_only_member_runs_in_a_session_of_its_own() {
+    // `policy()`: the members list no stateless versions.
+    let mut flow = Flow::new(policy());
+    let head = RequestHead {
+        mcp_name: Some("add"),
+        ..modern(post("/servers/demo/mcp"), "tools/call")
+    };
+    assert_eq!(
+        flow.on_request_headers(&head, 1_000_000),
+        RequestAction::ReadBody
+    );
+    let body = stateless(
+        "tools/call",
+        json!({"name": "add", "arguments": {"a": 2, "b": 3}}),
+    );
+    let RequestAction::Callouts(calls) = flow.on_request_body(body.as_bytes(), 1_000_001) else {
+        panic!("the member's session is opened first");
+    };
+    assert_eq!(calls.len(), 1);
+    assert_eq!(&*calls[0].cluster, "up_everything");
+    let init: Value = serde_json::from_slice(calls[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(init["method"], "initialize");
+
+    let up = br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"e","version":"1"}}}"#;
+    let notify = dispatched(flow.on_callout_response(
+        0,
+        callout_response(200, Some("up-9"), Some("application/json"), up),
+        1_000_010,
+    ));
+    assert!(notify.headers.contains(&("mcp-session-id", "up-9".into())));
+    let call =
+        dispatched(flow.on_callout_response(0, callout_response(202, None, None, b""), 1_000_020));
+    assert!(call.headers.contains(&("mcp-session-id", "up-9".into())));
+    assert!(
+        call.headers
+            .contains(&("mcp-protocol-version", "2025-06-18".into())),
+        "the member's own version: {:?}",
+        call.headers
+    );
+    assert_eq!(call.timeout_ms, toolmesh_filter::flow::CALL_TIMEOUT_MS);
+    let sent: Value = serde_json::from_slice(call.body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        sent["params"]["name"], "add_numbers",
+        "renamed for the member"
+    );
+    assert_eq!(sent["id"], 7);
+
+    let answer_sse = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"5\"}],\"isError\":true}}\n\n";
+    let delete = dispatched(flow.on_callout_response(
+        0,
+        callout_response(200, None, Some("text/event-stream"), answer_sse),
+        1_000_250,
+    ));
+    assert_eq!(delete.headers[0], (":method", "DELETE".into()));
+    assert!(delete.headers.contains(&("mcp-session-id", "up-9".into())));
+    let stats = counters(&take(&mut flow));
+    assert!(
+        stats.contains(&"toolmesh.tool.demo.everything.add.errors".to_string()),
+        "the member's isError counts: {stats:?}"
+    );
+    let CalloutAction::Reply(reply) = flow.on_callout_response(0, None, 1_000_300) else {
+        panic!("the reply, whatever the DELETE got");
+    };
+    assert_eq!(reply.status, 200);
+    let v: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        v,
+        json!({"jsonrpc": "2.0", "id": 7, "result": {
+            "content": [{"type": "text", "text": "5"}], "isError": true,
+            "resultType": "complete"}})
+    );
+
+    // A member that cannot open a session: -32603 naming it, counted.
+    let mut flow = Flow::new(policy());
+    flow.on_request_headers(&head, 0);
+    let RequestAction::Callouts(_) = flow.on_request_body(body.as_bytes(), 0) else {
+        panic!("initialize");
+    };
+    let CalloutAction::Reply(reply) = flow.on_callout_response(0, None, 5) else {
+        panic!("the error reply");
+    };
+    let v: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        (reply.status, v["error"]["code"].as_i64()),
+        (200, Some(-32603))
+    );
+    assert_eq!(v["id"], 7);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'everything'"),
+        "{v}"
+    );
+    let stats = counters(&take(&mut flow));
+    assert!(
+        stats.contains(&"toolmesh.vs.demo.denied.member_init_failed".to_string()),
+        "{stats:?}"
+    );
+    assert_eq!(flow.take_notes().len(), 1);
 }
