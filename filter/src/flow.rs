@@ -619,12 +619,8 @@ impl Flow {
         else {
             return RequestAction::Deny(Reply::new(500, Vec::new()));
         };
-        let body = f
-            .route
-            .body
-            .clone()
-            .or_else(|| body.map(<[u8]>::to_vec))
-            .unwrap_or_default();
+        let body = f.route.body.as_deref().or(body).unwrap_or_default();
+        let body = crate::modern::strip_envelope(body).unwrap_or_else(|| body.to_vec());
         self.phase = Phase::Translating(Translation {
             vs: f.vs,
             member: f.member,

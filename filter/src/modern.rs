@@ -177,6 +177,23 @@ pub fn unsupported_version(requested: &str) -> Rejection {
     }
 }
 
+/// The request body for a member that speaks only the handshake: `params._meta` without the
+/// stateless envelope (`io.modelcontextprotocol/*` keys; `_meta` goes when nothing else is in
+/// it, a progress token stays), which such a member would take for a 2026-07-28 request and
+/// refuse against the session's version. `None` when the body is not a JSON object with
+/// object `params` (the caller has parsed it already, so: never).
+pub fn strip_envelope(body: &[u8]) -> Option<Vec<u8>> {
+    let mut request: Value = serde_json::from_slice(body).ok()?;
+    let params = request.get_mut("params")?.as_object_mut()?;
+    if let Some(Value::Object(meta)) = params.get_mut("_meta") {
+        meta.retain(|k, _| !k.starts_with("io.modelcontextprotocol/"));
+        if meta.is_empty() {
+            params.remove("_meta");
+        }
+    }
+    serde_json::to_vec(&request).ok()
+}
+
 /// The longest SSE event [`member_reply`] reads.
 const MAX_EVENT: usize = 16 * 1024 * 1024;
 
@@ -377,6 +394,26 @@ mod tests {
             [["2026-07-28"], ["2026-07-28"]],
             "only the versions the filter knows"
         );
+    }
+
+    #[test]
+    fn the_envelope_is_removed_for_handshake_members() {
+        let body = |meta: Value| {
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                   "params": {"name": "a", "arguments": {"x": 1}, "_meta": meta}})
+            .to_string()
+        };
+        let stripped =
+            |b: String| v(&String::from_utf8(strip_envelope(b.as_bytes()).unwrap()).unwrap());
+        let envelope = json!({PROTOCOL_VERSION_KEY: "2026-07-28", CLIENT_CAPABILITIES_KEY: {},
+                              "io.modelcontextprotocol/clientInfo": {"name": "c"}});
+        let out = stripped(body(envelope.clone()));
+        assert_eq!(out["params"], json!({"name": "a", "arguments": {"x": 1}}));
+        let mut with_token = envelope;
+        with_token["progressToken"] = json!(7);
+        let out = stripped(body(with_token));
+        assert_eq!(out["params"]["_meta"], json!({"progressToken": 7}));
+        assert_eq!(out["id"], 1);
     }
 
     #[test]

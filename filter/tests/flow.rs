@@ -1839,6 +1839,10 @@ fn a_stateless_call_to_a_handshake_only_member_runs_in_a_session_of_its_own() {
         "renamed for the member"
     );
     assert_eq!(sent["id"], 7);
+    assert!(
+        sent["params"].get("_meta").is_none(),
+        "no stateless envelope in a handshake session: {sent}"
+    );
 
     let answer_sse = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"5\"}],\"isError\":true}}\n\n";
     let delete = dispatched(flow.on_callout_response(

@@ -32,7 +32,8 @@ const FED: &str = "fed";
 /// A single-member virtual server next to it.
 const SOLO: &str = "solo";
 /// A virtual server of `plain` and `legacy`, an MCP server that speaks only the `initialize`
-/// handshake: it does not speak protocol 2026-07-28, so neither does `mixed`.
+/// handshake (not protocol 2026-07-28): the filter serves stateless calls to it in member
+/// sessions of their own.
 const MIXED: &str = "mixed";
 /// `--list-page-size` of the control plane.
 const PAGE_SIZE: u32 = 3;
@@ -541,42 +542,135 @@ async fn python_client_sees_one_server_and_calls_reach_their_member() {
     }
 }
 
-/// `auto` on a virtual server with a member that speaks only the handshake: the probe gets
-/// -32022 naming the handshake versions, the client initializes, and calls reach both members.
+/// `auto` on a virtual server with a member that speaks only the handshake: the client still
+/// speaks 2026-07-28 to the virtual server; each of its calls to that member runs in a member
+/// session the filter opens for it (`initialize`, `notifications/initialized`, the call,
+/// DELETE), and the answer is tagged as 2026-07-28 requires. `legacy` works as everywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_auto_falls_back_to_initialize_when_a_member_speaks_only_the_handshake() {
+async fn a_handshake_only_member_serves_stateless_clients_through_sessions_of_the_filter() {
     if tools::python().is_none() {
         return;
     }
     let Some(fed) = Fed::start("fed-mixed").await else {
         return;
     };
-    let l0 = fed.legacy.requests().len();
+    let ops = json!([
+        {"op": "list_tools"},
+        {"op": "call_tool", "name": "echo", "arguments": {"message": "old"}},
+        {"op": "call_tool", "name": "add", "arguments": {"a": 1, "b": 2}},
+        {"op": "call_tool", "name": "echo", "arguments": {"message": "again"}},
+    ]);
+    for (mode, version) in [("auto", STATELESS), ("legacy", "2025-11-25")] {
+        let what = format!("mixed {mode}");
+        let (l0, p0) = (fed.legacy.requests().len(), fed.plain.requests().len());
+        let doc = python_client(
+            &fed.gw.url(MIXED),
+            &ops,
+            &["--mode", mode, "--header", &fed.py_auth()],
+        )
+        .await
+        .unwrap();
+        assert_eq!(doc["connected"], true, "{what}: {doc:#}");
+        assert_eq!(doc["protocol_version"], version, "{what}: {doc:#}");
+        assert_eq!(
+            name_set(&py_ok(&doc, 0, &what)["tools"], "name"),
+            ["add", "echo"]
+        );
+        assert_eq!(py_ok(&doc, 1, &what)["content"][0]["text"], "old");
+        assert_eq!(
+            py_ok(&doc, 2, &what)["structuredContent"],
+            json!({"sum": 3})
+        );
+        assert_eq!(py_ok(&doc, 3, &what)["content"][0]["text"], "again");
+        let legacy = since(&fed.legacy, l0);
+        assert_nothing_local_forwarded(&legacy, &what);
+        if version == STATELESS {
+            // Two calls, each in a session of its own, each session ended.
+            let seen: Vec<(&str, &str)> = legacy
+                .iter()
+                .map(|r| (r.method.as_str(), rpc_method(r)))
+                .collect();
+            let one = [
+                ("POST", "initialize"),
+                ("POST", "notifications/initialized"),
+                ("POST", "tools/call"),
+                ("DELETE", ""),
+            ];
+            assert_eq!(seen, [one, one].concat(), "{what}: {legacy:#?}");
+            let sessions: BTreeSet<_> = legacy
+                .iter()
+                .filter(|r| r.method == "DELETE")
+                .map(|r| r.header("mcp-session-id").unwrap_or_default().to_owned())
+                .collect();
+            assert_eq!(sessions.len(), 2, "{what}: two sessions: {legacy:#?}");
+            for r in legacy.iter().filter(|r| rpc_method(r) == "tools/call") {
+                assert_eq!(
+                    r.header("mcp-protocol-version"),
+                    Some("2025-11-25"),
+                    "{r:#?}"
+                );
+            }
+            // `plain` speaks 2026-07-28: its call went through as is.
+            assert_stateless_run(&since(&fed.plain, p0), &what);
+        } else {
+            assert_one_member_session(&legacy, version, &what);
+        }
+    }
+
+    // The raw stateless call: the member's answer, tagged `resultType`.
+    let raw = Raw {
+        client: reqwest::Client::new(),
+        url: fed.gw.url(MIXED),
+        token: &fed.token,
+    };
+    let reply = raw
+        .send(
+            reqwest::Method::POST,
+            None,
+            &[
+                ("mcp-protocol-version", STATELESS),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "echo"),
+            ],
+            Some(
+                json!({"jsonrpc": "2.0", "id": "x1", "method": "tools/call", "params": {
+                "name": "echo", "arguments": {"message": "raw"},
+                "_meta": {"io.modelcontextprotocol/protocolVersion": STATELESS,
+                          "io.modelcontextprotocol/clientCapabilities": {}}}}),
+            ),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let v = reply.json();
+    assert_eq!(v["id"], "x1", "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "raw", "{v}");
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+
+    // Stopped, the member answers -32603 naming it; the other member's tool still works.
+    let auth = fed.py_auth();
+    fed.legacy.shutdown().await;
     let doc = python_client(
         &fed.gw.url(MIXED),
         &json!([
-            {"op": "list_tools"},
-            {"op": "call_tool", "name": "echo", "arguments": {"message": "old"}},
-            {"op": "call_tool", "name": "add", "arguments": {"a": 1, "b": 2}},
+            {"op": "call_tool", "name": "echo", "arguments": {"message": "gone"}},
+            {"op": "call_tool", "name": "add", "arguments": {"a": 2, "b": 2}},
         ]),
-        &["--mode", "auto", "--header", &fed.py_auth()],
+        &["--mode", "auto", "--header", &auth],
     )
     .await
     .unwrap();
-    let what = "mixed";
-    assert_eq!(doc["connected"], true, "{doc:#}");
-    assert_eq!(doc["protocol_version"], "2025-11-25", "{doc:#}");
-    assert_eq!(
-        name_set(&py_ok(&doc, 0, what)["tools"], "name"),
-        ["add", "echo"]
-    );
-    assert_eq!(py_ok(&doc, 1, what)["content"][0]["text"], "old");
-    assert_eq!(py_ok(&doc, 2, what)["structuredContent"], json!({"sum": 3}));
-    let legacy = since(&fed.legacy, l0);
-    assert_one_member_session(&legacy, "2025-11-25", what);
+    let e = py_err(&doc, 0, "mixed down");
+    assert_eq!(e["code"], -32603, "{e}");
     assert!(
-        legacy.iter().all(|r| rpc_method(r) != "server/discover"),
-        "the probe is the filter's to answer: {legacy:#?}"
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'legacy'"),
+        "{e}"
+    );
+    assert_eq!(
+        py_ok(&doc, 1, "mixed down")["structuredContent"],
+        json!({"sum": 4})
     );
 }
 
@@ -1165,8 +1259,8 @@ async fn sessions_are_sealed_to_their_virtual_server_and_caller() {
     );
     assert!(reply.json()["error"]["code"].is_i64(), "{reply:?}");
 
-    // The 2026-07-28 probe: every member of `fed` speaks it, so `fed` does; `mixed` has a
-    // member that does not, so it answers -32022 with the handshake versions.
+    // The 2026-07-28 probe, answered by the filter; `mixed` (a member speaks only the
+    // handshake) answers the same. Without the 2026-07-28 header: -32022 with the versions.
     let discover = json!({"jsonrpc": "2.0", "id": 9, "method": "server/discover", "params": {
         "_meta": {"io.modelcontextprotocol/protocolVersion": STATELESS,
                   "io.modelcontextprotocol/clientCapabilities": {}}}});
@@ -1197,12 +1291,18 @@ async fn sessions_are_sealed_to_their_virtual_server_and_caller() {
         token: &fed.token,
     };
     let reply = mixed
-        .send(reqwest::Method::POST, None, &probe, Some(discover))
+        .send(reqwest::Method::POST, None, &probe, Some(discover.clone()))
         .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.json()["result"]["supportedVersions"],
+        json!(supported)
+    );
+    let reply = mixed.post(None, discover).await;
     assert_eq!(reply.status, 400, "{reply:?}");
     let v = reply.json();
     assert_eq!(v["error"]["code"], -32022, "{v}");
-    assert_eq!(v["error"]["data"]["supported"], json!(VERSIONS), "{v}");
+    assert_eq!(v["error"]["data"]["supported"], json!(supported), "{v}");
     assert_eq!(v["error"]["data"]["requested"], STATELESS, "{v}");
 
     // DELETE ends the stateful member's session (its server sees the DELETE with its own
