@@ -20,11 +20,12 @@ pub struct TestServerMember {
 }
 
 /// A member `mcp_server` reached through Envoy cluster `cluster`, path `/mcp`, authority
-/// `addr` (the upstream's `127.0.0.1:PORT`), with the test server's capabilities and no items
-/// yet.
+/// `addr` (the upstream's `127.0.0.1:PORT`), with the test server's capabilities, speaking
+/// protocol 2026-07-28 as the test server does (what discovery records), and no items yet.
 pub fn test_server_member(mcp_server: &str, cluster: &str, addr: SocketAddr) -> TestServerMember {
     let mut member = Member::new(mcp_server, cluster, "/mcp", addr.to_string());
     member.capabilities = object(toolmesh_test_servers::capabilities());
+    member.modern_versions = vec!["2026-07-28".into()];
     TestServerMember { member }
 }
 

@@ -512,10 +512,13 @@ fn check_python_demo(doc: &Value, mode: &str) {
     let data = py_ok(doc, 12, mode);
     assert_eq!(data["contents"][0]["text"], r#"{"id":"7"}"#, "{mode}");
     let e = py_err(doc, 13, mode);
+    // A resource outside the allowlist: -32002 on the handshake protocol, -32602 with the URI
+    // in `data` on 2026-07-28 (SEP-2164).
+    let resource_code = if mode == "auto" { -32602 } else { -32002 };
     assert_denial(
         &e["code"],
         e["message"].as_str().unwrap_or_default(),
-        -32002,
+        resource_code,
         "test://static/logo",
         "demo",
         mode,
@@ -600,10 +603,10 @@ async fn python_legacy_allowed_denied_and_filtered_lists() {
     rig.assert_decoy_untouched();
 }
 
-/// Python SDK, `--mode auto`: it probes `server/discover` (protocol 2026-07-28); this policy
-/// lists no stateless versions for its member (as for an MCP server that speaks only the
-/// handshake), so the filter answers -32022 with the versions it speaks, and the client falls
-/// back to `initialize`. (The stateless path itself: `federation.rs`, `conformance.rs`.)
+/// Python SDK, `--mode auto`: it probes `server/discover` (protocol 2026-07-28), which the
+/// filter answers, and speaks 2026-07-28 from then on: no session, the `_meta` envelope and the
+/// `Mcp-Method`/`Mcp-Name` headers on every request, calls forwarded to the member (which
+/// speaks it too) as they are but for names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_auto_allowed_denied_and_filtered_lists() {
     let rig = require!(Rig::start(TestServerConfig::default(), None).await);
@@ -613,11 +616,7 @@ async fn python_auto_allowed_denied_and_filtered_lists() {
     let doc = python_client(&rig.url("demo"), &demo_ops(), &["--mode", mode])
         .await
         .unwrap();
-    // Changed with issue 6: the probe was forwarded and the upstream spoke 2026-07-28; now the
-    // filter answers it, and without stateless versions in the policy the client falls back
-    // to the newest handshake version. The `Mcp-Name` rewrite stays covered by
-    // `hardened_parsing_refuses_before_the_upstream`.
-    assert_eq!(doc["protocol_version"], "2025-11-25", "{doc:#}");
+    assert_eq!(doc["protocol_version"], "2026-07-28", "{doc:#}");
     assert_eq!(doc["server_info"]["name"], "demo", "{doc:#}");
     check_python_demo(&doc, mode);
     assert_upstream_saw_renamed_add(&rig.server, mode);
