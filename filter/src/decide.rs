@@ -281,9 +281,8 @@ pub enum LocalKind {
     /// `server/discover` on the stateless protocol: the versions and capabilities
     /// ([`crate::modern::discover_result`]).
     Discover,
-    /// A protocol version the virtual server does not speak statelessly (`server/discover`
-    /// or any request at it): -32022 with HTTP 400, naming the versions it speaks, so a client
-    /// that also speaks the handshake falls back to `initialize`.
+    /// `server/discover` without a stateless version in `MCP-Protocol-Version`: -32022 with
+    /// HTTP 400, naming the versions the gateway speaks.
     UnsupportedVersion {
         /// The version the client asked for.
         requested: String,

@@ -39,10 +39,14 @@
 //!   opening each member's session with calls of its own: `initialize` and
 //!   `notifications/initialized`, in parallel, bounded by `sessions.member_timeout_ms`),
 //!   `ping`, every list method (from the catalog definitions in the policy, paginated with
-//!   toolmesh cursors), `server/discover` (-32022: protocol 2026-07-28 is not spoken yet, and
-//!   clients fall back to `initialize`), notifications on a virtual server of several members
-//!   (202), DELETE on one of several members (ends every member session). GET on a virtual
-//!   server of several members is 405.
+//!   toolmesh cursors), notifications on a virtual server of several members (202), DELETE on
+//!   one of several members (ends every member session). GET on a virtual server of several
+//!   members is 405.
+//! - Protocol 2026-07-28 ([`modern`], selected by the `MCP-Protocol-Version` header): no
+//!   sessions; `server/discover` and the lists answered from the policy; the `_meta` envelope
+//!   and the `Mcp-Method`/`Mcp-Name` headers checked with the spec's HTTP statuses; calls
+//!   forwarded as they are to members that speak it, and made by the filter itself, in a member
+//!   session opened for the one request, for members that speak only the handshake.
 //! - Sessions ([`session`]): the `Mcp-Session-Id` a client gets is sealed by the filter (HMAC
 //!   with the policy's session key) and carries the virtual server, the caller (token id) and
 //!   each member's own upstream session id; a forwarded request carries the member's session
