@@ -495,26 +495,12 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
             };
             if crate::modern::selects_modern(head.protocol_version) {
                 // The stateless protocol has no notification stream and no session to end.
-                let mut reply = Reply::new(
-                    405,
-                    jsonrpc::error_body(
-                        None,
-                        codes::INVALID_REQUEST,
-                        &format!(
-                            "Protocol {} has no {} requests; use POST",
-                            head.protocol_version.unwrap_or_default(),
-                            head.method
-                        ),
-                    ),
+                let why = format!(
+                    "Protocol {} has no {} requests; use POST",
+                    head.protocol_version.unwrap_or_default(),
+                    head.method
                 );
-                reply.headers.push(("allow", "POST".to_owned()));
-                return HeadDecision::Deny(Deny {
-                    reply,
-                    reason: Reason::HttpMethod,
-                    vs: Some(vs.index),
-                    method: Some(method),
-                    tool: None,
-                });
+                return HeadDecision::Deny(not_allowed(vs, method, &why, "POST"));
             }
             let Some(primary) = vs.primary() else {
                 return HeadDecision::Deny(no_member(vs, None, Some(method)));
@@ -523,26 +509,12 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
                 // Several upstream notification streams cannot be merged into one response
                 // (proxy-wasm has no fan-in); the spec allows 405 for GET.
                 if method == MethodStat::HttpGet {
-                    let mut reply = Reply::new(
-                        405,
-                        jsonrpc::error_body(
-                            None,
-                            codes::INVALID_REQUEST,
-                            &format!(
-                                "Virtual server '{}' has several MCP servers: it offers no \
-                                 notification stream (GET); use POST",
-                                vs.name
-                            ),
-                        ),
+                    let why = format!(
+                        "Virtual server '{}' has several MCP servers: it offers no \
+                         notification stream (GET); use POST",
+                        vs.name
                     );
-                    reply.headers.push(("allow", "POST, DELETE".to_owned()));
-                    return HeadDecision::Deny(Deny {
-                        reply,
-                        reason: Reason::HttpMethod,
-                        vs: Some(vs.index),
-                        method: Some(method),
-                        tool: None,
-                    });
+                    return HeadDecision::Deny(not_allowed(vs, method, &why, "POST, DELETE"));
                 }
                 return HeadDecision::Local(Local {
                     kind: LocalKind::CloseSessions,
@@ -632,6 +604,19 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
                 "Only POST, GET and DELETE are supported",
             ),
         },
+    }
+}
+
+/// 405 with `Allow: allow` for a GET or DELETE the virtual server cannot serve.
+fn not_allowed(vs: &CompiledVs, method: MethodStat, why: &str, allow: &str) -> Deny {
+    let mut reply = Reply::new(405, jsonrpc::error_body(None, codes::INVALID_REQUEST, why));
+    reply.headers.push(("allow", allow.to_owned()));
+    Deny {
+        reply,
+        reason: Reason::HttpMethod,
+        vs: Some(vs.index),
+        method: Some(method),
+        tool: None,
     }
 }
 

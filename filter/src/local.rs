@@ -198,26 +198,7 @@ const MAX_EVENT: usize = 1024 * 1024;
 /// The version becomes an `MCP-Protocol-Version` header, so it must be 1-64 visible ASCII
 /// characters.
 pub fn parse_member_initialize(content_type: Option<&str>, body: &[u8]) -> Result<String, String> {
-    let essence = content_type
-        .and_then(|c| c.split(';').next())
-        .map(|c| c.trim().to_ascii_lowercase());
-    let response = if essence.as_deref() == Some("text/event-stream") {
-        let mut splitter = SseSplitter::new(MAX_EVENT);
-        let mut events = splitter.push(body);
-        events.push(splitter.finish());
-        events
-            .iter()
-            .filter_map(|e| sse::event_data(e))
-            .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
-            .find(is_response)
-            .ok_or_else(|| "the event stream has no JSON-RPC response".to_string())?
-    } else {
-        serde_json::from_slice::<Value>(body)
-            .map_err(|e| format!("the initialize response is not JSON: {e}"))?
-    };
-    if !is_response(&response) {
-        return Err("the initialize response is not a JSON-RPC response".into());
-    }
+    let response = member_response(content_type, body, MAX_EVENT)?;
     if let Some(error) = response.get("error") {
         let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
         let message = error
@@ -236,6 +217,36 @@ pub fn parse_member_initialize(content_type: Option<&str>, body: &[u8]) -> Resul
         return Err("the initialize result's protocolVersion is not a version".into());
     }
     Ok(version.to_owned())
+}
+
+/// The JSON-RPC response in a member's answer: the body itself (JSON), or the first `data:`
+/// event of an event stream that is one (events up to `max_event` bytes); Err(why) otherwise.
+pub fn member_response(
+    content_type: Option<&str>,
+    body: &[u8],
+    max_event: usize,
+) -> Result<Value, String> {
+    let essence = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase());
+    if essence.as_deref() == Some("text/event-stream") {
+        let mut splitter = SseSplitter::new(max_event);
+        let mut events = splitter.push(body);
+        events.push(splitter.finish());
+        return events
+            .iter()
+            .filter_map(|e| sse::event_data(e))
+            .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
+            .find(is_response)
+            .ok_or_else(|| "the event stream has no JSON-RPC response".to_string());
+    }
+    let response = serde_json::from_slice::<Value>(body)
+        .map_err(|e| format!("the answer is not JSON: {e}"))?;
+    if is_response(&response) {
+        Ok(response)
+    } else {
+        Err("the answer is not a JSON-RPC response".into())
+    }
 }
 
 /// A JSON-RPC response: an object with `jsonrpc: "2.0"`, an `id`, and a `result` or an `error`

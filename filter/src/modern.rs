@@ -24,7 +24,6 @@ use serde_json::{Value, json};
 use crate::decide::codes;
 use crate::local::SUPPORTED_PROTOCOL_VERSIONS;
 use crate::policy::{CompiledPolicy, CompiledVs};
-use crate::sse::{self, SseSplitter};
 
 /// `params._meta` key of the request's protocol version.
 pub const PROTOCOL_VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
@@ -204,27 +203,11 @@ const MAX_EVENT: usize = 16 * 1024 * 1024;
 /// requires, an error with the spec's status. `Err(why)` when the member's answer holds no
 /// JSON-RPC response.
 pub fn member_reply(content_type: Option<&str>, body: &[u8]) -> Result<(u16, String), String> {
-    let essence = content_type
-        .and_then(|c| c.split(';').next())
-        .map(|c| c.trim().to_ascii_lowercase());
-    let mut response = if essence.as_deref() == Some("text/event-stream") {
-        let mut splitter = SseSplitter::new(MAX_EVENT);
-        let mut events = splitter.push(body);
-        events.push(splitter.finish());
-        events
-            .iter()
-            .filter_map(|e| sse::event_data(e))
-            .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
-            .find(|v| v.get("id").is_some() && v.get("method").is_none())
-            .ok_or_else(|| "its event stream holds no JSON-RPC response".to_string())?
-    } else {
-        serde_json::from_slice::<Value>(body).map_err(|e| format!("its answer is not JSON: {e}"))?
-    };
+    let mut response = crate::local::member_response(content_type, body, MAX_EVENT)?;
     let status = match response.get("error").and_then(|e| e.get("code")) {
         Some(code) => status_of(code.as_i64().unwrap_or(0)),
         None => 200,
     };
-    let is_error = response.get("error").is_some();
     match response.get_mut("result") {
         Some(Value::Object(result)) => {
             result
@@ -232,8 +215,7 @@ pub fn member_reply(content_type: Option<&str>, body: &[u8]) -> Result<(u16, Str
                 .or_insert_with(|| Value::from("complete"));
         }
         Some(_) => return Err("its result is not an object".into()),
-        None if is_error => {}
-        None => return Err("its answer is not a JSON-RPC response".into()),
+        None => {} // an error
     }
     Ok((status, response.to_string()))
 }
