@@ -163,6 +163,8 @@ fn conformance_policy(addr: SocketAddr) -> PolicySnapshot {
             stale_tokens: Vec::new(),
             members: vec![Member {
                 capabilities: object(fixtures::capabilities()),
+                // rmcp 3.11 speaks 2026-07-28 (what discovery would record).
+                modern_versions: vec![conformance::REQUIREMENTS_2026.into()],
                 tools: named(fixtures::tool_definitions()),
                 prompts: named(fixtures::prompt_definitions()),
                 resources: fixtures::resource_definitions()
@@ -186,6 +188,28 @@ fn conformance_policy(addr: SocketAddr) -> PolicySnapshot {
         auth: None,
         sessions: toolmesh_e2e::config::test_sessions(),
     }
+}
+
+/// Envoy with the filter and [`conformance_policy`] in front of the fixture server at `addr`,
+/// and the virtual server's URL.
+async fn envoy_with_the_filter(
+    envoy_bin: &std::path::Path,
+    wasm_path: std::path::PathBuf,
+    addr: SocketAddr,
+) -> (Envoy, String) {
+    let policy = conformance_policy(addr);
+    policy
+        .validate()
+        .unwrap_or_else(|e| panic!("the conformance policy is invalid: {e}"));
+    let filter = FilterConfig {
+        wasm_path,
+        policy_json: policy.to_json(),
+    };
+    let envoy = Envoy::start_static(envoy_bin, &[(CLUSTER, addr)], Some(&filter))
+        .await
+        .unwrap_or_else(|e| panic!("starting Envoy with the filter: {e:#}"));
+    let url = format!("{}/servers/{VIRTUAL_SERVER}/mcp", envoy.listener_url());
+    (envoy, url)
 }
 
 async fn start_fixture_server() -> (fixtures::RunningConformanceServer, SocketAddr) {
@@ -246,7 +270,7 @@ async fn every_direct_pass_also_passes_through_bare_envoy() {
 /// evil.example.com` and wants a 4xx (the filter answers `initialize` itself, so it is the
 /// filter's Host/Origin check that refuses it, with 403).
 ///
-/// Run alone with `cargo test -p toolmesh-e2e --test e2e conformance::through_the_toolmesh_filter --
+/// Run alone with `cargo test -p toolmesh-e2e --test e2e conformance::every_direct_pass_also_passes_through_the_toolmesh_filter --
 /// --nocapture` to see the scenario table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_direct_pass_also_passes_through_the_toolmesh_filter() {
@@ -256,18 +280,7 @@ async fn every_direct_pass_also_passes_through_the_toolmesh_filter() {
     let (server, addr) = start_fixture_server().await;
     let direct = run_direct(&suite, &server).await;
 
-    let policy = conformance_policy(addr);
-    policy
-        .validate()
-        .unwrap_or_else(|e| panic!("the conformance policy is invalid: {e}"));
-    let filter = FilterConfig {
-        wasm_path,
-        policy_json: policy.to_json(),
-    };
-    let envoy = Envoy::start_static(&envoy_bin, &[(CLUSTER, addr)], Some(&filter))
-        .await
-        .unwrap_or_else(|e| panic!("starting Envoy with the filter: {e:#}"));
-    let url = format!("{}/servers/{VIRTUAL_SERVER}/mcp", envoy.listener_url());
+    let (envoy, url) = envoy_with_the_filter(&envoy_bin, wasm_path, addr).await;
     let through = run(&suite, &url).await;
     assert_same_passes(&direct, "filter", &through);
 
@@ -738,23 +751,7 @@ async fn requirements_2026_07_28_through_the_toolmesh_filter() {
     let (server, addr) = start_fixture_server().await;
     let direct = run_2026_direct(&suite, &server).await;
 
-    let mut policy = conformance_policy(addr);
-    for vs in &mut policy.virtual_servers {
-        for member in &mut vs.members {
-            member.modern_versions = vec![conformance::REQUIREMENTS_2026.into()];
-        }
-    }
-    policy
-        .validate()
-        .unwrap_or_else(|e| panic!("the conformance policy is invalid: {e}"));
-    let filter = FilterConfig {
-        wasm_path,
-        policy_json: policy.to_json(),
-    };
-    let envoy = Envoy::start_static(&envoy_bin, &[(CLUSTER, addr)], Some(&filter))
-        .await
-        .unwrap_or_else(|e| panic!("starting Envoy with the filter: {e:#}"));
-    let url = format!("{}/servers/{VIRTUAL_SERVER}/mcp", envoy.listener_url());
+    let (envoy, url) = envoy_with_the_filter(&envoy_bin, wasm_path, addr).await;
     let before = server.requests().len();
     let through = run_2026(&suite, &url).await;
     let columns = [("direct", &direct), ("filter", &through)];
