@@ -254,6 +254,9 @@ pub struct Forward {
     /// A stateless (2026-07-28) request for a member that speaks only the handshake: the
     /// filter makes the call itself, inside a member session opened for it ([`crate::modern`]).
     pub open_member_session: bool,
+    /// A request on a virtual server of several members: the ids of server requests in its
+    /// response get the member's tag, so the client's answer finds the member ([`crate::ids`]).
+    pub tag_server_requests: bool,
 }
 
 /// What the filter answers itself, from the policy (see [`crate::local`]).
@@ -538,6 +541,7 @@ pub fn decide_head(policy: &CompiledPolicy, head: &RequestHead<'_>) -> HeadDecis
                 member: 0,
                 id: None,
                 open_member_session: false,
+                tag_server_requests: false,
             })
         }
         "POST" => {
@@ -881,6 +885,11 @@ impl Ctx<'_> {
                     .modern_versions
                     .iter()
                     .any(|v| Some(*v) == self.pending.protocol_version.as_deref()),
+            // (2026-07-28 has no server requests.)
+            tag_server_requests: !self.pending.modern
+                && self.vs.members.len() > 1
+                && msg.method.is_some()
+                && msg.id.is_some(),
         })
     }
 
@@ -943,9 +952,17 @@ impl Ctx<'_> {
             });
         }
         let Some(name) = msg.method.as_deref() else {
-            // A client's JSON-RPC response (to sampling, elicitation, roots): the server that
-            // asked is not recorded anywhere, so it goes to the primary (with one member, the
-            // only one).
+            // A client's JSON-RPC response (to sampling, elicitation, roots): on a virtual
+            // server of several members, its id names the member that asked (tagged on the way
+            // out, [`crate::ids`]) and is restored; otherwise it goes to the primary (with one
+            // member, the only one).
+            if self.vs.members.len() > 1
+                && let Some((member, original)) = msg.id.as_ref().and_then(crate::ids::untag)
+                && member < self.vs.members.len()
+                && let Some(body) = crate::ids::restore_id(self.body, &original)
+            {
+                return self.forward(member, msg, method, Some(body), None, None);
+            }
             return self.forward(0, msg, method, None, None, None);
         };
         match name {

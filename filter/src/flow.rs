@@ -93,6 +93,10 @@ pub enum ResponseBodyMode {
     Pass,
     /// Let each chunk through, but call [`Flow::on_response_body`] with it (and at the end).
     Observe,
+    /// Pass each chunk through [`Flow::rewrite_response_body`] (replacing it with what that
+    /// returns), then to [`Flow::on_response_body`]: an event stream on a virtual server of
+    /// several members, whose server requests get tagged ids ([`crate::ids`]).
+    Rewrite,
 }
 
 /// What to do with the response headers.
@@ -220,6 +224,9 @@ pub struct Flow {
     log_head: LogHead,
     /// The virtual server of the forwarded call (for the caller's `errors`).
     call_vs: Option<usize>,
+    /// Tags server requests in the response ([`crate::ids`]), on a virtual server of several
+    /// members.
+    tagger: Option<crate::ids::ServerRequestTagger>,
 }
 
 /// The property the shell sets once per request for Envoy's access log: filter state
@@ -243,6 +250,7 @@ impl Flow {
             stats: Vec::new(),
             call: None,
             response_mode: ResponseBodyMode::Pass,
+            tagger: None,
             refusal: None,
             caller: String::new(),
             session_id: None,
@@ -409,7 +417,7 @@ impl Flow {
     /// Does [`Flow::on_response_headers`] need the response headers? (Only forwarded calls
     /// look at the response; the shell skips reading headers otherwise.)
     pub fn wants_response(&self) -> bool {
-        matches!(self.phase, Phase::Forwarded) && self.call.is_some()
+        matches!(self.phase, Phase::Forwarded) && (self.call.is_some() || self.tagger.is_some())
     }
 
     /// Is a forwarded call still waiting for the end of its response? ([`Flow::on_done`]
@@ -604,6 +612,9 @@ impl Flow {
         }
         if f.open_member_session {
             return self.translate(f, body);
+        }
+        if f.tag_server_requests {
+            self.tagger = Some(crate::ids::ServerRequestTagger::new(f.member));
         }
         RequestAction::Forward(f.route)
     }
@@ -1179,6 +1190,13 @@ impl Flow {
             }
             action.body = ResponseBodyMode::Observe;
         }
+        // Server requests ride only on event streams.
+        if kind != BodyKind::Sse || end_of_stream {
+            self.tagger = None;
+        }
+        if self.tagger.is_some() {
+            action.body = ResponseBodyMode::Rewrite;
+        }
         self.response_mode = action.body;
         if end_of_stream {
             self.response_end(now_ms);
@@ -1191,6 +1209,7 @@ impl Flow {
     pub fn wants_response_bytes(&self) -> bool {
         match self.response_mode {
             ResponseBodyMode::Pass => false,
+            ResponseBodyMode::Rewrite => true,
             ResponseBodyMode::Observe => self
                 .call
                 .as_ref()
@@ -1199,9 +1218,15 @@ impl Flow {
         }
     }
 
-    /// A response body chunk (observed, never changed).
+    /// In [`ResponseBodyMode::Rewrite`]: the bytes to send instead of `chunk` (`None`: send it
+    /// as it is). Call before [`Flow::on_response_body`], which then observes the original.
+    pub fn rewrite_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Vec<u8>> {
+        self.tagger.as_mut()?.push(chunk, end_of_stream)
+    }
+
+    /// A response body chunk (observed as the upstream sent it).
     pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool, now_ms: u64) {
-        if self.response_mode == ResponseBodyMode::Observe
+        if self.response_mode != ResponseBodyMode::Pass
             && let Some(o) = self.call.as_mut().and_then(|c| c.observer.as_mut())
         {
             if end_of_stream {

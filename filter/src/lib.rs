@@ -122,6 +122,7 @@
 pub mod auth;
 pub mod decide;
 pub mod flow;
+pub mod ids;
 pub mod jsonrpc;
 pub mod lists;
 pub mod local;

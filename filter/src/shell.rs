@@ -569,6 +569,12 @@ impl HttpContext for Http {
         } else {
             Vec::new()
         };
+        if self.mode == ResponseBodyMode::Rewrite
+            && let Some(new) = self.flow.rewrite_response_body(&chunk, end_of_stream)
+            && let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &new)
+        {
+            warn!("toolmesh: cannot rewrite the response's server request ids: {e:?}");
+        }
         self.flow.on_response_body(&chunk, end_of_stream, now);
         apply_stats(&mut self.flow);
         Action::Continue

@@ -91,7 +91,7 @@ impl SseSplitter {
 }
 
 /// Split `raw` into lines without their terminators.
-fn lines(raw: &[u8]) -> Vec<&[u8]> {
+pub(crate) fn lines(raw: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut i = 0;
@@ -115,7 +115,7 @@ fn lines(raw: &[u8]) -> Vec<&[u8]> {
 }
 
 /// Split one line into (field, value) per the SSE rules.
-fn field(line: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn field(line: &[u8]) -> (&[u8], &[u8]) {
     match line.iter().position(|&b| b == b':') {
         None => (line, &[]),
         Some(c) => {

@@ -1343,10 +1343,19 @@ fn call_outcomes_are_observed_without_touching_the_stream() {
     for (status, ct, chunks, want_error) in cases {
         let mut flow = forwarded_call();
         let action = flow.on_response_headers(status, Some(ct), false, 1_000_010);
-        assert_eq!(action.body, ResponseBodyMode::Observe);
+        // `demo` has two members: its event streams pass the server-request tagger, which
+        // leaves streams without server requests untouched.
+        let expected = if ct == "text/event-stream" {
+            ResponseBodyMode::Rewrite
+        } else {
+            ResponseBodyMode::Observe
+        };
+        assert_eq!(action.body, expected);
         let n = chunks.len();
         for (i, c) in chunks.iter().enumerate() {
-            // Calls are observed, never rewritten (the method returns nothing to replace).
+            if expected == ResponseBodyMode::Rewrite {
+                assert_eq!(flow.rewrite_response_body(c.as_bytes(), i + 1 == n), None);
+            }
             flow.on_response_body(c.as_bytes(), i + 1 == n, 1_000_250);
         }
         flow.on_done(1_000_300);
@@ -1897,4 +1906,72 @@ fn a_stateless_call_to_a_handshake_only_member_runs_in_a_session_of_its_own() {
         "{stats:?}"
     );
     assert_eq!(flow.take_notes().len(), 1);
+}
+
+#[test]
+fn a_server_request_on_a_federated_virtual_server_is_answered_at_its_member() {
+    // `forecast` is member 1's (`weather`); its call's event stream carries a sampling request.
+    let reply = initialize("tok-a", stateless_answer());
+    let sid = session_of(&reply);
+    let mut flow = Flow::new(policy());
+    flow.check_token(
+        "demo",
+        &TokenFacts {
+            jti: Some("tok-a".to_string()),
+            ..TokenFacts::default()
+        },
+        0,
+    );
+    let head = RequestHead {
+        session_id: Some(&sid),
+        ..post("/servers/demo/mcp")
+    };
+    flow.on_request_headers(&head, 0);
+    let action = flow.on_request_body(call("4", "forecast").as_bytes(), 0);
+    assert_eq!(&*route(&action).cluster, "up_weather");
+    let headers = flow.on_response_headers(200, Some("text/event-stream"), false, 0);
+    assert_eq!(headers.body, ResponseBodyMode::Rewrite);
+    let sampling = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"sampling/createMessage\",\"params\":{}}\n\n";
+    let out = flow
+        .rewrite_response_body(sampling.as_bytes(), false)
+        .expect("the request's id is tagged");
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains(r#""id":"tm.1.0""#), "{out}");
+    let result = "data: {\"jsonrpc\":\"2.0\",\"id\":4,\"result\":{\"content\":[]}}\n\n";
+    assert_eq!(flow.rewrite_response_body(result.as_bytes(), true), None);
+
+    // The client's answer goes to member 1, in member 1's session, with the original id.
+    let mut flow = Flow::new(policy());
+    flow.check_token(
+        "demo",
+        &TokenFacts {
+            jti: Some("tok-a".to_string()),
+            ..TokenFacts::default()
+        },
+        0,
+    );
+    flow.on_request_headers(&head, 0);
+    let action = flow.on_request_body(
+        br#"{"jsonrpc":"2.0","id":"tm.1.0","result":{"role":"assistant","content":{"type":"text","text":"hi"}}}"#,
+        0,
+    );
+    let r = route(&action);
+    assert_eq!(&*r.cluster, "up_weather");
+    let body: Value = serde_json::from_slice(r.body.as_deref().expect("id restored")).unwrap();
+    assert_eq!(body["id"], 0);
+    assert_eq!(body["result"]["content"]["text"], "hi");
+    // An answer without a tag still goes to the primary.
+    let mut flow = Flow::new(policy());
+    flow.check_token(
+        "demo",
+        &TokenFacts {
+            jti: Some("tok-a".to_string()),
+            ..TokenFacts::default()
+        },
+        0,
+    );
+    flow.on_request_headers(&head, 0);
+    let action = flow.on_request_body(br#"{"jsonrpc":"2.0","id":0,"result":{}}"#, 0);
+    assert_eq!(&*route(&action).cluster, "up_everything");
+    assert_eq!(route(&action).body, None);
 }
