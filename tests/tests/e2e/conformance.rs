@@ -304,6 +304,9 @@ const SECOND_SERVER: &str = "plain";
 const SINGLE_VS: &str = "conformance";
 /// The virtual server of the fixture server (first) and the stateless test server.
 const TWO_MEMBER_VS: &str = "federated";
+/// The same two members, the fixture server second: its server requests (sampling,
+/// elicitation) must still be answered at it, not at the first member.
+const SECOND_MEMBER_VS: &str = "federated-second";
 /// What the two-member virtual server exposes of the second member: tools whose names do not
 /// collide with the fixtures' (its resource template would: the fixtures have the same one).
 const SECOND_SERVER_TOOLS: [&str; 2] = ["echo", "add"];
@@ -377,6 +380,16 @@ fn virtual_server_body(name: &str, second_member: bool) -> Value {
     })
 }
 
+/// [`virtual_server_body`] with both members, the stateless test server's tools listed first
+/// (so the fixture server is the second member).
+fn fixture_second_body(name: &str) -> Value {
+    let mut body = virtual_server_body(name, true);
+    if let Some(tools) = body["tools"].as_array_mut() {
+        tools.sort_by_key(|t| t["mcp_server"] != SECOND_SERVER);
+    }
+    body
+}
+
 /// What went wrong through the two-member virtual server, compared with `direct` and
 /// [`MULTI_MEMBER_DIFFERENCES`]: scenarios lost without being listed, and listed ones that
 /// passed anyway.
@@ -431,6 +444,7 @@ async fn every_direct_pass_also_passes_through_virtual_servers_from_the_catalog(
         .mcp_server(SECOND_SERVER, &plain.url())
         .virtual_server(virtual_server_body(SINGLE_VS, false))
         .virtual_server(virtual_server_body(TWO_MEMBER_VS, true))
+        .virtual_server(fixture_second_body(SECOND_MEMBER_VS))
         .start()
         .await
     else {
@@ -440,10 +454,13 @@ async fn every_direct_pass_also_passes_through_virtual_servers_from_the_catalog(
     let single = run(&suite, &gw.url(SINGLE_VS)).await;
     let plain_before = plain.requests().len();
     let two = run(&suite, &gw.url(TWO_MEMBER_VS)).await;
+    let plain_after_two = plain.requests().len();
+    let second = run(&suite, &gw.url(SECOND_MEMBER_VS)).await;
     let columns = [
         ("direct", &direct),
         ("1 member", &single),
         ("2 members", &two),
+        ("2, fixture 2nd", &second),
     ];
     eprintln!("{}", conformance::table(&columns));
     eprintln!("{}", conformance::markdown_table(&columns));
@@ -454,6 +471,11 @@ async fn every_direct_pass_also_passes_through_virtual_servers_from_the_catalog(
         .filter(|s| !single.outcome(s).is_some_and(|o| o.is_pass()))
         .collect();
     let mut mismatches = multi_member_mismatches(&direct, &two);
+    mismatches.extend(
+        multi_member_mismatches(&direct, &second)
+            .into_iter()
+            .map(|m| format!("{SECOND_MEMBER_VS}: {m}")),
+    );
     let single_weakened = conformance::weakened_checks(&direct, &single);
     let two_weakened = conformance::weakened_checks(&direct, &two);
     let listed = |lists: &[&[(&str, &str, &str)]]| -> BTreeSet<(String, String)> {
@@ -469,6 +491,13 @@ async fn every_direct_pass_also_passes_through_virtual_servers_from_the_catalog(
         mismatches.push(format!(
             "checks that succeed directly but not through {TWO_MEMBER_VS}: {two_weakened:?}, \
              documented: {two_expected:?}"
+        ));
+    }
+    let second_weakened = conformance::weakened_checks(&direct, &second);
+    if second_weakened != two_expected {
+        mismatches.push(format!(
+            "checks that succeed directly but not through {SECOND_MEMBER_VS}: \
+             {second_weakened:?}, documented: {two_expected:?}"
         ));
     }
     assert_eq!(
@@ -491,7 +520,7 @@ async fn every_direct_pass_also_passes_through_virtual_servers_from_the_catalog(
     // The suite's traffic went through the filter, for both virtual servers, and the second
     // member took part in every session of the two-member one: the filter opened its session
     // (its own `initialize`), and nothing of the suite's reached it (it calls no tool of it).
-    for vs in [SINGLE_VS, TWO_MEMBER_VS] {
+    for vs in [SINGLE_VS, TWO_MEMBER_VS, SECOND_MEMBER_VS] {
         let calls =
             format!("wasmcustom.toolmesh.tool.{vs}.{FIXTURE_SERVER}.test_simple_text.calls");
         gw.envoy()
@@ -499,7 +528,12 @@ async fn every_direct_pass_also_passes_through_virtual_servers_from_the_catalog(
             .await
             .unwrap_or_else(|e| panic!("the filter did not count the suite's calls: {e:#}"));
     }
-    let seen: Vec<_> = plain.requests().into_iter().skip(plain_before).collect();
+    let seen: Vec<_> = plain
+        .requests()
+        .into_iter()
+        .take(plain_after_two)
+        .skip(plain_before)
+        .collect();
     assert!(
         seen.iter()
             .any(|r| r.jsonrpc_method.as_deref() == Some("initialize")),
