@@ -84,6 +84,11 @@ pub enum CalloutAction {
     Dispatch(Vec<Callout>),
     /// Answer the client and stop.
     Reply(Reply),
+    /// Apply this route to the paused request and let it go on (a stateless request whose
+    /// member session is now open).
+    Forward(Route),
+    /// Let the paused response go on (its member session has ended).
+    ResumeResponse,
 }
 
 /// How the shell should handle the response body.
@@ -94,8 +99,10 @@ pub enum ResponseBodyMode {
     /// Let each chunk through, but call [`Flow::on_response_body`] with it (and at the end).
     Observe,
     /// Pass each chunk through [`Flow::rewrite_response_body`] (replacing it with what that
-    /// returns), then to [`Flow::on_response_body`]: an event stream on a virtual server of
-    /// several members, whose server requests get tagged ids ([`crate::ids`]).
+    /// returns), then to [`Flow::on_response_body`]; the response's `content-length` must go.
+    /// An event stream on a virtual server of several members, whose server requests get
+    /// tagged ids ([`crate::ids`]); a handshake member's answer to a stateless client, whose
+    /// result gets `resultType` ([`crate::modern::ResultTagger`]).
     Rewrite,
 }
 
@@ -157,21 +164,13 @@ enum Phase {
     Translating(Translation),
 }
 
-/// How long the filter waits for a member's answer to a call it makes itself (a stateless
-/// request to a member that speaks only the handshake): as long as a tool may run.
-pub const CALL_TIMEOUT_MS: u32 = 300_000;
-
-/// A stateless request served inside a member session of its own ([`Flow::translate`]).
+/// A stateless request waiting for the member session it will be sent in
+/// ([`Flow::translate`]).
 #[derive(Debug)]
 struct Translation {
-    vs: usize,
-    member: usize,
-    /// The client's request id (for the errors the filter answers itself).
-    id: Option<Id>,
-    /// `:path` of the call (the member's path and the client's query).
-    path: Rc<str>,
-    /// The request body as the member gets it (renamed).
-    body: Vec<u8>,
+    /// The request as it will go, once the session is open (its body without the stateless
+    /// envelope, renamed).
+    forward: Forward,
     step: Step,
 }
 
@@ -182,13 +181,15 @@ enum Step {
     Initializing,
     /// `notifications/initialized` sent in the member's new session.
     Notifying { session_id: String, version: String },
-    /// The call sent (in the member's session, if it gave one).
-    Calling {
-        session_id: Option<String>,
-        version: String,
-    },
-    /// The member session's DELETE sent; then this reply.
-    Closing(Reply),
+}
+
+/// A member session opened for one stateless request, ended when the response ends.
+#[derive(Debug)]
+struct SessionToEnd {
+    vs: usize,
+    member: usize,
+    session_id: String,
+    version: String,
 }
 
 #[derive(Debug)]
@@ -227,6 +228,14 @@ pub struct Flow {
     /// Tags server requests in the response ([`crate::ids`]), on a virtual server of several
     /// members.
     tagger: Option<crate::ids::ServerRequestTagger>,
+    /// The response answers a stateless client from a handshake member: its result gets the
+    /// `resultType` 2026-07-28 requires ([`crate::modern::ResultTagger`]).
+    tag_results: bool,
+    result_tagger: Option<crate::modern::ResultTagger>,
+    /// A member session opened for this request alone, to end when its response ends.
+    session_to_end: Option<SessionToEnd>,
+    /// Its DELETE is out; the response waits for it.
+    ending_session: bool,
 }
 
 /// The property the shell sets once per request for Envoy's access log: filter state
@@ -251,6 +260,10 @@ impl Flow {
             call: None,
             response_mode: ResponseBodyMode::Pass,
             tagger: None,
+            tag_results: false,
+            result_tagger: None,
+            session_to_end: None,
+            ending_session: false,
             refusal: None,
             caller: String::new(),
             session_id: None,
@@ -417,7 +430,11 @@ impl Flow {
     /// Does [`Flow::on_response_headers`] need the response headers? (Only forwarded calls
     /// look at the response; the shell skips reading headers otherwise.)
     pub fn wants_response(&self) -> bool {
-        matches!(self.phase, Phase::Forwarded) && (self.call.is_some() || self.tagger.is_some())
+        matches!(self.phase, Phase::Forwarded)
+            && (self.call.is_some()
+                || self.tagger.is_some()
+                || self.tag_results
+                || self.session_to_end.is_some())
     }
 
     /// Is a forwarded call still waiting for the end of its response? ([`Flow::on_done`]
@@ -620,9 +637,11 @@ impl Flow {
     }
 
     /// Serve a stateless (2026-07-28) request whose member speaks only the handshake: open a
-    /// member session for it (`initialize`), then [`Flow::on_callout_response`] completes the
-    /// handshake, makes the call, closes the session and answers with the member's response.
-    fn translate(&mut self, f: Forward, body: Option<&[u8]>) -> RequestAction {
+    /// member session for it (`initialize`, then `notifications/initialized`, in
+    /// [`Flow::on_callout_response`]), send the request in it (without the stateless
+    /// envelope, which such a member would refuse), let the response stream back, and end the
+    /// session when the response ends ([`Flow::take_session_to_end`]).
+    fn translate(&mut self, mut f: Forward, body: Option<&[u8]>) -> RequestAction {
         let policy = Rc::clone(&self.policy);
         let Some(m) = policy
             .virtual_server_at(f.vs)
@@ -630,14 +649,14 @@ impl Flow {
         else {
             return RequestAction::Deny(Reply::new(500, Vec::new()));
         };
-        let body = f.route.body.as_deref().or(body).unwrap_or_default();
-        let body = crate::modern::strip_envelope(body).unwrap_or_else(|| body.to_vec());
+        let original = f.route.body.as_deref().or(body).unwrap_or_default();
+        f.route.body = crate::modern::strip_envelope(original).or(f.route.body);
+        let label = format!(
+            "initialize of MCP server '{}' (stateless request)",
+            m.mcp_server
+        );
         self.phase = Phase::Translating(Translation {
-            vs: f.vs,
-            member: f.member,
-            id: f.id.clone(),
-            path: Rc::clone(&f.route.path),
-            body,
+            forward: f,
             step: Step::Initializing,
         });
         RequestAction::Callouts(vec![Callout {
@@ -648,10 +667,7 @@ impl Flow {
                 crate::local::LATEST_PROTOCOL_VERSION,
             )),
             timeout_ms: policy.member_timeout_ms,
-            label: format!(
-                "initialize of MCP server '{}' (stateless request)",
-                m.mcp_server
-            ),
+            label,
         }])
     }
 
@@ -665,184 +681,120 @@ impl Flow {
         let Phase::Translating(mut t) = std::mem::replace(&mut self.phase, Phase::Denied) else {
             return CalloutAction::Wait;
         };
-        let Some(m) = policy
-            .virtual_server_at(t.vs)
-            .and_then(|vs| vs.member(t.member))
-        else {
+        let (vs, member) = (t.forward.vs, t.forward.member);
+        let Some(m) = policy.virtual_server_at(vs).and_then(|v| v.member(member)) else {
             return CalloutAction::Reply(Reply::new(500, Vec::new()));
         };
-        let callout = |headers: Vec<(&'static str, String)>, body: Option<Vec<u8>>, what: &str| {
-            let timeout_ms = if what == "call" {
-                CALL_TIMEOUT_MS
-            } else {
-                policy.member_timeout_ms
+        // The session is open (`Some(id)`, or `None` for a member without sessions): send.
+        let mut send = |session_id: Option<String>, version: String| {
+            let mut route = t.forward.route.clone();
+            route.protocol_version = Some(version.clone());
+            route.session = match &session_id {
+                Some(sid) => SessionHeader::Set(sid.clone()),
+                None => SessionHeader::Remove,
             };
-            Callout {
-                key: 0,
-                cluster: Rc::clone(&m.cluster),
-                headers,
-                body,
-                timeout_ms,
-                label: format!(
-                    "{what} at MCP server '{}' (stateless request)",
-                    m.mcp_server
-                ),
-            }
+            self.session_to_end = session_id.map(|session_id| SessionToEnd {
+                vs,
+                member,
+                session_id,
+                version,
+            });
+            self.strip_session = true;
+            self.tag_results = true;
+            self.phase = Phase::Forwarded;
+            CalloutAction::Forward(route)
         };
-        let call = |sid: Option<&str>, version: &str| {
-            let mut headers = member_headers(m, sid, Some(version));
-            if let Some(h) = headers.iter_mut().find(|(n, _)| *n == ":path") {
-                h.1 = t.path.to_string();
-            }
-            callout(headers, Some(t.body.clone()), "call")
-        };
-        let step = std::mem::replace(&mut t.step, Step::Initializing);
-        let next = match step {
+        let failed = match t.step {
             Step::Initializing => match response {
                 Some(r) if (200..300).contains(&r.status) => {
                     match crate::local::parse_member_initialize(r.content_type, r.body) {
                         Ok(version) => match r.session_id.filter(|s| !s.is_empty()) {
                             Some(sid) => {
-                                let notify = callout(
-                                    member_headers(m, Some(sid), Some(&version)),
-                                    Some(crate::local::INITIALIZED_NOTIFICATION.to_vec()),
-                                    "notifications/initialized",
-                                );
+                                let notify = Callout {
+                                    key: 0,
+                                    cluster: Rc::clone(&m.cluster),
+                                    headers: member_headers(m, Some(sid), Some(&version)),
+                                    body: Some(crate::local::INITIALIZED_NOTIFICATION.to_vec()),
+                                    timeout_ms: policy.member_timeout_ms,
+                                    label: format!(
+                                        "notifications/initialized to MCP server '{}' \
+                                         (stateless request)",
+                                        m.mcp_server
+                                    ),
+                                };
                                 t.step = Step::Notifying {
                                     session_id: sid.to_owned(),
                                     version,
                                 };
-                                Ok(notify)
+                                self.phase = Phase::Translating(t);
+                                return CalloutAction::Dispatch(vec![notify]);
                             }
-                            None => {
-                                let c = call(None, &version);
-                                t.step = Step::Calling {
-                                    session_id: None,
-                                    version,
-                                };
-                                Ok(c)
-                            }
+                            None => return send(None, version),
                         },
-                        Err(why) => Err(format!("its initialize answer is unusable: {why}")),
+                        Err(why) => format!("its initialize answer is unusable: {why}"),
                     }
                 }
-                Some(r) => Err(format!("initialize answered HTTP {}", r.status)),
-                None => Err("initialize failed (no answer in time, or reset)".to_owned()),
+                Some(r) => format!("initialize answered HTTP {}", r.status),
+                None => "initialize failed (no answer in time, or reset)".to_owned(),
             },
             Step::Notifying {
                 session_id,
                 version,
             } => match response {
-                Some(r) if r.status < 400 => {
-                    let c = call(Some(&session_id), &version);
-                    t.step = Step::Calling {
-                        session_id: Some(session_id),
-                        version,
-                    };
-                    Ok(c)
-                }
-                Some(r) => Err(format!(
-                    "notifications/initialized answered HTTP {}",
-                    r.status
-                )),
-                None => {
-                    Err("notifications/initialized failed (no answer in time, or reset)".to_owned())
-                }
+                Some(r) if r.status < 400 => return send(Some(session_id), version),
+                Some(r) => format!("notifications/initialized answered HTTP {}", r.status),
+                None => "notifications/initialized failed (no answer in time, or reset)".to_owned(),
             },
-            Step::Calling {
-                session_id,
-                version,
-            } => {
-                let reply = match response {
-                    Some(r) => {
-                        self.settle_call(r.status, r.content_type, r.body, now_ms);
-                        match crate::modern::member_reply(r.content_type, r.body) {
-                            Ok((status, text)) => Reply::new(status, text.into_bytes()),
-                            Err(why) => Self::member_error(
-                                &t,
-                                &format!(
-                                    "MCP server '{}' answered with no JSON-RPC response: {why}",
-                                    m.mcp_server
-                                ),
-                            ),
-                        }
-                    }
-                    None => {
-                        self.finish_call(false, now_ms);
-                        Self::member_error(
-                            &t,
-                            &format!(
-                                "MCP server '{}' did not answer in time (or the call was reset)",
-                                m.mcp_server
-                            ),
-                        )
-                    }
-                };
-                let Some(sid) = session_id else {
-                    return CalloutAction::Reply(reply);
-                };
-                // End the member session before answering (answering ends this stream, and
-                // with it the calls it still has open).
-                let mut headers = member_headers(m, Some(&sid), Some(&version));
-                if let Some(h) = headers.first_mut() {
-                    h.1 = "DELETE".to_owned();
-                }
-                t.step = Step::Closing(reply);
-                Ok(callout(headers, None, "session end"))
-            }
-            Step::Closing(reply) => return CalloutAction::Reply(reply),
         };
-        match next {
-            Ok(c) => {
-                self.phase = Phase::Translating(t);
-                CalloutAction::Dispatch(vec![c])
-            }
-            Err(why) => {
-                let vs_name = policy
-                    .virtual_server_at(t.vs)
-                    .map_or("", |v| v.name.as_str());
-                self.notes.push(format!(
-                    "virtual server '{vs_name}': MCP server '{}' could not open a session for a \
-                     stateless request: {why}",
-                    m.mcp_server
-                ));
-                self.stats.push(StatOp::inc(StatKey::VsDenied {
-                    vs: index(t.vs),
-                    reason: Reason::MemberInitFailed,
-                }));
-                self.finish_call(false, now_ms);
-                CalloutAction::Reply(Self::member_error(
-                    &t,
-                    &format!(
-                        "MCP server '{}' is unavailable: it could not open a session ({why})",
-                        m.mcp_server
-                    ),
-                ))
-            }
-        }
-    }
-
-    /// A -32603 reply (HTTP 200, as 2026-07-28 maps it) to the request being translated.
-    fn member_error(t: &Translation, message: &str) -> Reply {
-        Reply::new(
+        let vs_name = policy.virtual_server_at(vs).map_or("", |v| v.name.as_str());
+        self.notes.push(format!(
+            "virtual server '{vs_name}': MCP server '{}' could not open a session for a \
+             stateless request: {failed}",
+            m.mcp_server
+        ));
+        self.stats.push(StatOp::inc(StatKey::VsDenied {
+            vs: index(vs),
+            reason: Reason::MemberInitFailed,
+        }));
+        self.finish_call(false, now_ms);
+        CalloutAction::Reply(Reply::new(
             crate::modern::status_of(codes::INTERNAL_ERROR),
-            crate::jsonrpc::error_body(t.id.as_ref(), codes::INTERNAL_ERROR, message),
-        )
+            crate::jsonrpc::error_body(
+                t.forward.id.as_ref(),
+                codes::INTERNAL_ERROR,
+                &format!(
+                    "MCP server '{}' is unavailable: it could not open a session ({failed})",
+                    m.mcp_server
+                ),
+            ),
+        ))
     }
 
-    /// Decide a call's outcome from a whole response the filter received itself.
-    fn settle_call(&mut self, status: u16, content_type: Option<&str>, body: &[u8], now_ms: u64) {
-        let cap = self.policy.max_body_bytes.max(MIN_OBSERVE_CAP);
-        if let Some(call) = &mut self.call {
-            call.status_error = status >= 400;
-            if !call.status_error {
-                let mut observer =
-                    CallObserver::new(call.id.clone(), BodyKind::of(content_type), cap);
-                observer.push_last(body);
-                call.observer = Some(observer);
-            }
+    /// The response of a request sent in a member session of its own ended: the DELETE that
+    /// ends that session (the shell holds the response's end until it is answered, since the
+    /// end of the stream would cancel it), or `None`.
+    pub fn take_session_to_end(&mut self) -> Option<Callout> {
+        let end = self.session_to_end.take()?;
+        let m = self
+            .policy
+            .virtual_server_at(end.vs)
+            .and_then(|v| v.member(end.member))?;
+        let mut headers = member_headers(m, Some(&end.session_id), Some(&end.version));
+        if let Some(h) = headers.first_mut() {
+            h.1 = "DELETE".to_owned();
         }
-        self.finish_call(true, now_ms);
+        self.ending_session = true;
+        Some(Callout {
+            key: 0,
+            cluster: Rc::clone(&m.cluster),
+            headers,
+            body: None,
+            timeout_ms: self.policy.member_timeout_ms,
+            label: format!(
+                "session end at MCP server '{}' (stateless request)",
+                m.mcp_server
+            ),
+        })
     }
 
     fn result_reply(id: Option<&Id>, result: &str) -> Reply {
@@ -1008,6 +960,11 @@ impl Flow {
     ) -> CalloutAction {
         if matches!(self.phase, Phase::Translating(_)) {
             return self.translation_step(response, now_ms);
+        }
+        if self.ending_session {
+            // Whatever the DELETE got: the response goes on.
+            self.ending_session = false;
+            return CalloutAction::ResumeResponse;
         }
         let policy = Rc::clone(&self.policy);
         let Phase::Calling(p) = &mut self.phase else {
@@ -1194,7 +1151,16 @@ impl Flow {
         if kind != BodyKind::Sse || end_of_stream {
             self.tagger = None;
         }
-        if self.tagger.is_some() {
+        if self.tag_results && !end_of_stream {
+            self.result_tagger = match kind {
+                BodyKind::Sse => Some(crate::modern::ResultTagger::Events(
+                    crate::sse::EventRewriter::default(),
+                )),
+                BodyKind::Json => Some(crate::modern::ResultTagger::Json(Some(Vec::new()))),
+                BodyKind::Other => None,
+            };
+        }
+        if self.tagger.is_some() || self.result_tagger.is_some() {
             action.body = ResponseBodyMode::Rewrite;
         }
         self.response_mode = action.body;
@@ -1221,7 +1187,10 @@ impl Flow {
     /// In [`ResponseBodyMode::Rewrite`]: the bytes to send instead of `chunk` (`None`: send it
     /// as it is). Call before [`Flow::on_response_body`], which then observes the original.
     pub fn rewrite_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Vec<u8>> {
-        self.tagger.as_mut()?.push(chunk, end_of_stream)
+        if let Some(t) = self.tagger.as_mut() {
+            return t.push(chunk, end_of_stream);
+        }
+        self.result_tagger.as_mut()?.push(chunk, end_of_stream)
     }
 
     /// A response body chunk (observed as the upstream sent it).

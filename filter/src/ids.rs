@@ -18,20 +18,16 @@
 use serde_json::Value;
 
 use crate::jsonrpc::Id;
-use crate::sse::{self, SseSplitter};
+use crate::sse::{self, EventRewriter};
 
 /// Prefix of a tagged id.
 const TAG: &str = "tm.";
-
-/// The most bytes of one incomplete event held back.
-pub const MAX_HELD: usize = 1024 * 1024;
 
 /// Tags the ids of server requests in one response's event stream.
 #[derive(Debug)]
 pub struct ServerRequestTagger {
     member: usize,
-    held: Vec<u8>,
-    given_up: bool,
+    events: EventRewriter,
 }
 
 impl ServerRequestTagger {
@@ -39,8 +35,7 @@ impl ServerRequestTagger {
     pub fn new(member: usize) -> Self {
         Self {
             member,
-            held: Vec::new(),
-            given_up: false,
+            events: EventRewriter::default(),
         }
     }
 
@@ -48,67 +43,10 @@ impl ServerRequestTagger {
     /// events so far, server requests' ids tagged; an incomplete event waits for the next chunk
     /// (at `end`, everything goes).
     pub fn push(&mut self, chunk: &[u8], end: bool) -> Option<Vec<u8>> {
-        if self.given_up {
-            return None;
-        }
-        let mut buf = std::mem::take(&mut self.held);
-        let untouched = buf.is_empty();
-        buf.extend_from_slice(chunk);
-        let complete = if end { buf.len() } else { complete_len(&buf) };
-        let tail = buf.split_off(complete);
-        if tail.len() > MAX_HELD {
-            self.given_up = true;
-            buf.extend_from_slice(&tail);
-            return (!untouched).then_some(buf);
-        }
-        self.held = tail;
-        let mut out = Vec::with_capacity(buf.len());
-        let mut tagged = false;
-        let mut splitter = SseSplitter::new(usize::MAX);
-        let mut events = splitter.push(&buf);
-        events.push(splitter.finish());
-        for event in events {
-            match tag_event(&event, self.member) {
-                Some(new) => {
-                    out.extend_from_slice(&new);
-                    tagged = true;
-                }
-                None => out.extend_from_slice(&event),
-            }
-        }
-        if untouched && !tagged && self.held.is_empty() {
-            return None;
-        }
-        Some(out)
+        let member = self.member;
+        self.events
+            .push(chunk, end, |event| tag_event(event, member))
     }
-}
-
-/// How many leading bytes of `buf` are complete events (up to and including the last blank
-/// line). A CR at the very end may be the first half of a CRLF: not counted yet.
-fn complete_len(buf: &[u8]) -> usize {
-    let mut end = 0;
-    let mut line_start = 0;
-    let mut i = 0;
-    while let Some(&b) = buf.get(i) {
-        let terminator = match b {
-            b'\n' => 1,
-            b'\r' => match buf.get(i + 1) {
-                Some(b'\n') => 2,
-                Some(_) => 1,
-                None => break,
-            },
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        if i == line_start {
-            end = i + terminator;
-        }
-        i += terminator;
-        line_start = i;
-    }
-    end
 }
 
 /// The event with its server request's id tagged, or `None` when it carries no server request.
@@ -125,29 +63,11 @@ fn tag_event(event: &[u8], member: usize) -> Option<Vec<u8>> {
     }
     let tagged = format!("{TAG}{member}.{id}");
     object.insert("id".into(), Value::String(tagged));
-    let mut out = Vec::with_capacity(event.len() + 16);
-    let mut data_written = false;
-    for line in sse::lines(event) {
-        if line.is_empty() {
-            continue;
-        }
-        if sse::field(line).0 == b"data" {
-            if !data_written {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(message.to_string().as_bytes());
-                out.push(b'\n');
-                data_written = true;
-            }
-        } else {
-            out.extend_from_slice(line);
-            out.push(b'\n');
-        }
-    }
-    out.push(b'\n');
-    Some(out)
+    Some(sse::with_data(event, &message.to_string()))
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+/// Does `haystack` contain `needle`?
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
@@ -177,6 +97,7 @@ mod tests {
     use std::rc::Rc;
 
     use super::*;
+    use crate::sse::MAX_HELD;
 
     const REQUEST: &str = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"sampling/createMessage\",\"params\":{}}\n\n";
     const PROGRESS: &str = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n";
@@ -226,9 +147,9 @@ mod tests {
             assert!(out.ends_with(RESULT), "cut {cut}: {out}");
         }
         // A CR at a chunk's end waits for a possible LF.
-        assert_eq!(complete_len(b"data: x\r\n\r"), 0);
-        assert_eq!(complete_len(b"data: x\r\n\r\n"), 11);
-        assert_eq!(complete_len(b"data: x\n\ndata: y"), 9);
+        assert_eq!(sse::complete_len(b"data: x\r\n\r"), 0);
+        assert_eq!(sse::complete_len(b"data: x\r\n\r\n"), 11);
+        assert_eq!(sse::complete_len(b"data: x\n\ndata: y"), 9);
     }
 
     #[test]

@@ -221,7 +221,7 @@ pub fn parse_member_initialize(content_type: Option<&str>, body: &[u8]) -> Resul
 
 /// The JSON-RPC response in a member's answer: the body itself (JSON), or the first `data:`
 /// event of an event stream that is one (events up to `max_event` bytes); Err(why) otherwise.
-pub fn member_response(
+fn member_response(
     content_type: Option<&str>,
     body: &[u8],
     max_event: usize,

@@ -11,9 +11,9 @@
 //! Every virtual server speaks it. Lists and `server/discover` are answered from the policy. A
 //! call goes to the owning member: unchanged but for exposed names and without a session when
 //! the member speaks 2026-07-28 itself (its `server/discover` lists it; the catalog records it);
-//! to a member that speaks only the handshake, the filter makes the call itself inside a session
-//! it opens for this one request (`initialize`, `notifications/initialized`, the call, DELETE)
-//! and answers with the member's response, tagged as 2026-07-28 requires ([`member_reply`]).
+//! to a member that speaks only the handshake, in a member session the filter opens for this
+//! one request (`initialize`, `notifications/initialized`; the call without the stateless
+//! envelope, [`strip_envelope`]; DELETE once the response has streamed back).
 //!
 //! Every function here is pure; [`crate::decide`] and [`crate::flow`] call them.
 
@@ -193,31 +193,65 @@ pub fn strip_envelope(body: &[u8]) -> Option<Vec<u8>> {
     serde_json::to_vec(&request).ok()
 }
 
-/// The longest SSE event [`member_reply`] reads.
-const MAX_EVENT: usize = 16 * 1024 * 1024;
+/// The most bytes of a JSON answer [`ResultTagger`] holds to tag it.
+pub const MAX_JSON_HELD: usize = 16 * 1024 * 1024;
 
-/// The reply to a stateless client from the response of a member that speaks only the
-/// handshake (a JSON body, or an event stream whose JSON-RPC response event is taken; the
-/// progress and log notifications before it are dropped, as there is no stream to the client
-/// any more): `(HTTP status, JSON text)`, a result tagged `resultType: "complete"` as 2026-07-28
-/// requires, an error with the spec's status. `Err(why)` when the member's answer holds no
-/// JSON-RPC response.
-pub fn member_reply(content_type: Option<&str>, body: &[u8]) -> Result<(u16, String), String> {
-    let mut response = crate::local::member_response(content_type, body, MAX_EVENT)?;
-    let status = match response.get("error").and_then(|e| e.get("code")) {
-        Some(code) => status_of(code.as_i64().unwrap_or(0)),
-        None => 200,
-    };
-    match response.get_mut("result") {
-        Some(Value::Object(result)) => {
-            result
-                .entry("resultType")
-                .or_insert_with(|| Value::from("complete"));
+/// Tags the result of a handshake member's answer to a stateless client with
+/// `resultType: "complete"` (which 2026-07-28 clients require, and handshake servers do not
+/// send), leaving everything else as it is: in an event stream, the response event; a JSON
+/// answer is held until complete (up to [`MAX_JSON_HELD`]; beyond, it passes untagged).
+#[derive(Debug)]
+pub enum ResultTagger {
+    /// `text/event-stream`.
+    Events(crate::sse::EventRewriter),
+    /// `application/json`: the bytes so far; `None` once given up.
+    Json(Option<Vec<u8>>),
+}
+
+impl ResultTagger {
+    /// The bytes to pass on instead of `chunk` (`None`: pass it as it is).
+    pub fn push(&mut self, chunk: &[u8], end: bool) -> Option<Vec<u8>> {
+        match self {
+            Self::Events(events) => events.push(chunk, end, |event| {
+                if !crate::ids::contains(event, b"\"result\"") {
+                    return None;
+                }
+                let data = crate::sse::event_data(event)?;
+                let tagged = tag_result(data.as_bytes())?;
+                Some(crate::sse::with_data(event, &tagged))
+            }),
+            Self::Json(held) => {
+                let buf = held.as_mut()?;
+                buf.extend_from_slice(chunk);
+                if buf.len() > MAX_JSON_HELD {
+                    return held.take();
+                }
+                if !end {
+                    return Some(Vec::new());
+                }
+                let all = held.take().unwrap_or_default();
+                Some(tag_result(&all).map_or(all, String::into_bytes))
+            }
         }
-        Some(_) => return Err("its result is not an object".into()),
-        None => {} // an error
     }
-    Ok((status, response.to_string()))
+}
+
+/// A JSON-RPC response with its result object tagged `resultType: "complete"` (one already
+/// tagged keeps its tag); `None` for anything else (errors, notifications, requests).
+fn tag_result(message: &[u8]) -> Option<String> {
+    let mut message: Value = serde_json::from_slice(message).ok()?;
+    let object = message.as_object_mut()?;
+    if object.contains_key("method") || !object.contains_key("id") {
+        return None;
+    }
+    let Value::Object(result) = object.get_mut("result")? else {
+        return None;
+    };
+    if result.contains_key("resultType") {
+        return None;
+    }
+    result.insert("resultType".into(), Value::from("complete"));
+    Some(message.to_string())
 }
 
 /// The `_meta` of a result the filter answers itself: the virtual server names itself.
@@ -399,26 +433,39 @@ mod tests {
     }
 
     #[test]
-    fn member_answers_become_stateless_replies() {
-        let sse = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"content\":[]}}\n\n";
-        let (status, text) = member_reply(Some("text/event-stream"), sse.as_bytes()).unwrap();
-        assert_eq!(status, 200);
+    fn handshake_answers_are_tagged_for_stateless_clients() {
+        let progress = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"result\":1}}\n\n";
+        let result = "event: message\nid: 3\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"content\":[]}}\n\n";
+        let mut t = ResultTagger::Events(crate::sse::EventRewriter::default());
         assert_eq!(
-            v(&text),
+            t.push(progress.as_bytes(), false),
+            None,
+            "progress untouched"
+        );
+        let out = String::from_utf8(t.push(result.as_bytes(), true).unwrap()).unwrap();
+        assert!(out.starts_with("event: message\nid: 3\ndata: "), "{out}");
+        let data = out.lines().nth(2).unwrap().strip_prefix("data: ").unwrap();
+        assert_eq!(
+            v(data),
             json!({"jsonrpc": "2.0", "id": 3, "result": {"content": [], "resultType": "complete"}})
         );
-        let json = br#"{"jsonrpc":"2.0","id":"a","result":{"resultType":"input_required"}}"#;
-        let (_, text) = member_reply(Some("application/json"), json).unwrap();
-        assert_eq!(v(&text)["result"]["resultType"], "input_required", "kept");
-        let error = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#;
-        let (status, text) = member_reply(Some("application/json; charset=utf-8"), error).unwrap();
+
+        let mut t = ResultTagger::Json(Some(Vec::new()));
+        let body = br#"{"jsonrpc":"2.0","id":"a","result":{"content":[]}}"#;
+        let (a, b) = body.split_at(20);
+        assert_eq!(t.push(a, false), Some(Vec::new()), "held until complete");
+        let out = t.push(b, true).unwrap();
         assert_eq!(
-            (status, v(&text)["error"]["code"].as_i64()),
-            (400, Some(-32602))
+            v(&String::from_utf8(out).unwrap())["result"]["resultType"],
+            "complete"
         );
-        assert!(member_reply(Some("application/json"), b"<html>").is_err());
-        assert!(member_reply(Some("text/event-stream"), b"data: {}\n\n").is_err());
-        assert!(member_reply(None, br#"{"jsonrpc":"2.0","id":1,"result":7}"#).is_err());
+        let error = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#;
+        let mut t = ResultTagger::Json(Some(Vec::new()));
+        assert_eq!(
+            t.push(error, true).as_deref(),
+            Some(&error[..]),
+            "errors as they are"
+        );
     }
 
     #[test]

@@ -195,6 +195,7 @@ impl RootContext for Root {
         Some(Box::new(Http {
             flow: Flow::new(policy),
             mode: ResponseBodyMode::Pass,
+            request_body_size: 0,
             replied: false,
             callouts: Vec::new(),
         }))
@@ -208,6 +209,8 @@ impl RootContext for Root {
 struct Http {
     flow: Flow,
     mode: ResponseBodyMode,
+    /// Size of the buffered request body (to replace it after callouts).
+    request_body_size: usize,
     /// A local reply was sent: ignore the rest of the stream.
     replied: bool,
     /// Callouts in flight: (host token, flow key).
@@ -354,9 +357,8 @@ impl Http {
                     match self.flow.on_callout_response(call.key, None, now_ms()) {
                         CalloutAction::Wait => {}
                         CalloutAction::Dispatch(more) => queue.extend(more),
-                        CalloutAction::Reply(r) => {
-                            apply_stats(&mut self.flow);
-                            self.send(&r);
+                        other => {
+                            self.after_callout(other);
                             return;
                         }
                     }
@@ -373,6 +375,39 @@ impl Http {
             CalloutAction::Reply(r) => {
                 apply_stats(&mut self.flow);
                 self.send(&r);
+            }
+            CalloutAction::Forward(route) => {
+                if self.apply(RequestAction::Forward(route), self.request_body_size)
+                    == Action::Continue
+                {
+                    self.resume_http_request();
+                }
+            }
+            CalloutAction::ResumeResponse => {
+                apply_stats(&mut self.flow);
+                self.resume_http_response();
+            }
+        }
+    }
+
+    /// At the end of a response whose member session was opened for its request alone: send
+    /// that session's DELETE and hold the end of the response until it is answered (ending the
+    /// stream would cancel the call). `Continue` when there is nothing to end.
+    fn end_member_session(&mut self) -> Action {
+        let Some(call) = self.flow.take_session_to_end() else {
+            return Action::Continue;
+        };
+        let headers: Vec<(&str, &str)> =
+            call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let timeout = std::time::Duration::from_millis(u64::from(call.timeout_ms));
+        match hostcalls::dispatch_http_call(&call.cluster, headers, None, Vec::new(), timeout) {
+            Ok(token) => {
+                self.callouts.push((token, call.key));
+                Action::Pause
+            }
+            Err(e) => {
+                warn!("toolmesh: {} could not be sent: {e:?}", call.label);
+                Action::Continue
             }
         }
     }
@@ -502,6 +537,7 @@ impl HttpContext for Http {
         if action == RequestAction::ReadBody {
             return Action::Continue;
         }
+        self.request_body_size = body_size;
         self.apply(action, body_size)
     }
 
@@ -553,12 +589,28 @@ impl HttpContext for Http {
             .on_response_headers(status, content_type, end_of_stream, now);
         self.mode = action.body;
         apply_stats(&mut self.flow);
+        if self.mode == ResponseBodyMode::Rewrite
+            && let Err(e) =
+                hostcalls::set_map_value(MapType::HttpResponseHeaders, "content-length", None)
+        {
+            warn!("toolmesh: cannot remove the content-length of a rewritten response: {e:?}");
+        }
+        if end_of_stream {
+            return self.end_member_session();
+        }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.replied || self.mode == ResponseBodyMode::Pass {
+        if self.replied {
             return Action::Continue;
+        }
+        if self.mode == ResponseBodyMode::Pass {
+            return if end_of_stream {
+                self.end_member_session()
+            } else {
+                Action::Continue
+            };
         }
         let now = if end_of_stream { now_ms() } else { 0 };
         let chunk = if self.flow.wants_response_bytes() {
@@ -577,6 +629,9 @@ impl HttpContext for Http {
         }
         self.flow.on_response_body(&chunk, end_of_stream, now);
         apply_stats(&mut self.flow);
+        if end_of_stream {
+            return self.end_member_session();
+        }
         Action::Continue
     }
 

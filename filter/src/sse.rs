@@ -90,8 +90,118 @@ impl SseSplitter {
     }
 }
 
+/// Rewrites an event stream event by event, as chunks arrive: complete events go on (each
+/// through the caller's rewrite), an incomplete one waits for the next chunk (at most
+/// [`MAX_HELD`] bytes; beyond that the rewriter gives up and passes everything on as it is).
+#[derive(Debug, Default)]
+pub struct EventRewriter {
+    held: Vec<u8>,
+    given_up: bool,
+}
+
+/// The most bytes of one incomplete event an [`EventRewriter`] holds back.
+pub const MAX_HELD: usize = 1024 * 1024;
+
+impl EventRewriter {
+    /// The bytes to pass on instead of `chunk` (`None`: pass `chunk` as it is): the complete
+    /// events so far, each replaced by `rewrite(event)` when that is `Some`; at `end`,
+    /// everything.
+    pub fn push(
+        &mut self,
+        chunk: &[u8],
+        end: bool,
+        rewrite: impl Fn(&[u8]) -> Option<Vec<u8>>,
+    ) -> Option<Vec<u8>> {
+        if self.given_up {
+            return None;
+        }
+        let mut buf = std::mem::take(&mut self.held);
+        let untouched = buf.is_empty();
+        buf.extend_from_slice(chunk);
+        let complete = if end { buf.len() } else { complete_len(&buf) };
+        let tail = buf.split_off(complete);
+        if tail.len() > MAX_HELD {
+            self.given_up = true;
+            buf.extend_from_slice(&tail);
+            return (!untouched).then_some(buf);
+        }
+        self.held = tail;
+        let mut out = Vec::with_capacity(buf.len());
+        let mut rewritten = false;
+        let mut splitter = SseSplitter::new(usize::MAX);
+        let mut events = splitter.push(&buf);
+        events.push(splitter.finish());
+        for event in events {
+            match rewrite(&event) {
+                Some(new) => {
+                    out.extend_from_slice(&new);
+                    rewritten = true;
+                }
+                None => out.extend_from_slice(&event),
+            }
+        }
+        if untouched && !rewritten && self.held.is_empty() {
+            return None;
+        }
+        Some(out)
+    }
+}
+
+/// How many leading bytes of `buf` are complete events (up to and including the last blank
+/// line). A CR at the very end may be the first half of a CRLF: not counted yet.
+pub fn complete_len(buf: &[u8]) -> usize {
+    let mut end = 0;
+    let mut line_start = 0;
+    let mut i = 0;
+    while let Some(&b) = buf.get(i) {
+        let terminator = match b {
+            b'\n' => 1,
+            b'\r' => match buf.get(i + 1) {
+                Some(b'\n') => 2,
+                Some(_) => 1,
+                None => break,
+            },
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        if i == line_start {
+            end = i + terminator;
+        }
+        i += terminator;
+        line_start = i;
+    }
+    end
+}
+
+/// `event` with its data replaced by `data` (one `data:` line where the first one was; the
+/// other fields kept in order).
+pub fn with_data(event: &[u8], data: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event.len() + 16);
+    let mut data_written = false;
+    for line in lines(event) {
+        if line.is_empty() {
+            continue;
+        }
+        if field(line).0 == b"data" {
+            if !data_written {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(data.as_bytes());
+                out.push(b'\n');
+                data_written = true;
+            }
+        } else {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+    }
+    out.push(b'\n');
+    out
+}
+
 /// Split `raw` into lines without their terminators.
-pub(crate) fn lines(raw: &[u8]) -> Vec<&[u8]> {
+fn lines(raw: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut i = 0;
@@ -115,7 +225,7 @@ pub(crate) fn lines(raw: &[u8]) -> Vec<&[u8]> {
 }
 
 /// Split one line into (field, value) per the SSE rules.
-pub(crate) fn field(line: &[u8]) -> (&[u8], &[u8]) {
+fn field(line: &[u8]) -> (&[u8], &[u8]) {
     match line.iter().position(|&b| b == b':') {
         None => (line, &[]),
         Some(c) => {

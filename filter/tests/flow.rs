@@ -1832,17 +1832,20 @@ fn a_stateless_call_to_a_handshake_only_member_runs_in_a_session_of_its_own() {
         1_000_010,
     ));
     assert!(notify.headers.contains(&("mcp-session-id", "up-9".into())));
-    let call =
-        dispatched(flow.on_callout_response(0, callout_response(202, None, None, b""), 1_000_020));
-    assert!(call.headers.contains(&("mcp-session-id", "up-9".into())));
-    assert!(
-        call.headers
-            .contains(&("mcp-protocol-version", "2025-06-18".into())),
-        "the member's own version: {:?}",
-        call.headers
+    // The session is open: the request itself goes on, through the router, in that session.
+    let CalloutAction::Forward(r) =
+        flow.on_callout_response(0, callout_response(202, None, None, b""), 1_000_020)
+    else {
+        panic!("the request is forwarded in the new session");
+    };
+    assert_eq!(&*r.cluster, "up_everything");
+    assert_eq!(r.session, SessionHeader::Set("up-9".into()));
+    assert_eq!(
+        r.protocol_version.as_deref(),
+        Some("2025-06-18"),
+        "the member's own version"
     );
-    assert_eq!(call.timeout_ms, toolmesh_filter::flow::CALL_TIMEOUT_MS);
-    let sent: Value = serde_json::from_slice(call.body.as_deref().unwrap()).unwrap();
+    let sent: Value = serde_json::from_slice(r.body.as_deref().expect("rewritten")).unwrap();
     assert_eq!(
         sent["params"]["name"], "add_numbers",
         "renamed for the member"
@@ -1852,30 +1855,41 @@ fn a_stateless_call_to_a_handshake_only_member_runs_in_a_session_of_its_own() {
         sent["params"].get("_meta").is_none(),
         "no stateless envelope in a handshake session: {sent}"
     );
+    assert!(flow.strips_response_session());
 
+    // The response streams back (observed as usual); at its end, the session is ended, and the
+    // end of the response waits for that.
+    assert!(flow.wants_response());
+    let headers = flow.on_response_headers(200, Some("text/event-stream"), false, 1_000_030);
+    assert_eq!(
+        headers.body,
+        ResponseBodyMode::Rewrite,
+        "the result gets the resultType 2026-07-28 clients require"
+    );
     let answer_sse = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"5\"}],\"isError\":true}}\n\n";
-    let delete = dispatched(flow.on_callout_response(
-        0,
-        callout_response(200, None, Some("text/event-stream"), answer_sse),
-        1_000_250,
-    ));
-    assert_eq!(delete.headers[0], (":method", "DELETE".into()));
-    assert!(delete.headers.contains(&("mcp-session-id", "up-9".into())));
+    let out = flow
+        .rewrite_response_body(answer_sse, true)
+        .expect("the result event is tagged");
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("notifications/progress"),
+        "progress kept: {out}"
+    );
+    assert!(out.contains(r#""resultType":"complete""#), "{out}");
+    flow.on_response_body(answer_sse, true, 1_000_250);
     let stats = counters(&take(&mut flow));
     assert!(
         stats.contains(&"toolmesh.tool.demo.everything.add.errors".to_string()),
         "the member's isError counts: {stats:?}"
     );
-    let CalloutAction::Reply(reply) = flow.on_callout_response(0, None, 1_000_300) else {
-        panic!("the reply, whatever the DELETE got");
-    };
-    assert_eq!(reply.status, 200);
-    let v: Value = serde_json::from_slice(&reply.body).unwrap();
+    let delete = flow.take_session_to_end().expect("the session's DELETE");
+    assert_eq!(delete.headers[0], (":method", "DELETE".into()));
+    assert!(delete.headers.contains(&("mcp-session-id", "up-9".into())));
+    assert!(flow.take_session_to_end().is_none(), "once");
     assert_eq!(
-        v,
-        json!({"jsonrpc": "2.0", "id": 7, "result": {
-            "content": [{"type": "text", "text": "5"}], "isError": true,
-            "resultType": "complete"}})
+        flow.on_callout_response(0, None, 1_000_300),
+        CalloutAction::ResumeResponse,
+        "whatever the DELETE got"
     );
 
     // A member that cannot open a session: -32603 naming it, counted.

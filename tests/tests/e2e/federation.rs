@@ -64,6 +64,8 @@ struct Fed {
     stateful: RunningServer,
     /// Speaks only the handshake (a member of `mixed`).
     legacy: RunningServer,
+    /// Speaks only the handshake, without sessions, answering JSON (a member of `mixed`).
+    legacy_json: RunningServer,
     /// A token for `fed`, `solo` and `mixed`.
     token: String,
 }
@@ -107,6 +109,12 @@ impl Fed {
         })
         .await
         .unwrap();
+        let legacy_json = spawn(TestServerConfig {
+            handshake_only: true,
+            ..TestServerConfig::stateless_json()
+        })
+        .await
+        .unwrap();
         let gw = Gateway::builder(node)
             .configure(|c| {
                 c.list_page_size = PAGE_SIZE;
@@ -115,12 +123,15 @@ impl Fed {
             .mcp_server("plain", &plain.url())
             .mcp_server("stateful", &stateful.url())
             .mcp_server("legacy", &legacy.url())
+            .mcp_server("legacy_json", &legacy_json.url())
             .virtual_server(fed_body())
             .virtual_server(json!({"name": SOLO, "tools": [
                 {"mcp_server": "stateful", "tool": "echo"}]}))
             .virtual_server(json!({"name": MIXED, "tools": [
                 {"mcp_server": "plain", "tool": "add"},
-                {"mcp_server": "legacy", "tool": "echo"}]}))
+                {"mcp_server": "legacy", "tool": "echo"},
+                {"mcp_server": "legacy", "tool": "slow"},
+                {"mcp_server": "legacy_json", "tool": "long_list_03"}]}))
             .start()
             .await?;
         let token = gw.token("agent", &[FED, SOLO, MIXED]).await;
@@ -130,6 +141,7 @@ impl Fed {
             plain,
             stateful,
             legacy,
+            legacy_json,
             token,
         })
     }
@@ -559,6 +571,7 @@ async fn a_handshake_only_member_serves_stateless_clients_through_sessions_of_th
         {"op": "call_tool", "name": "echo", "arguments": {"message": "old"}},
         {"op": "call_tool", "name": "add", "arguments": {"a": 1, "b": 2}},
         {"op": "call_tool", "name": "echo", "arguments": {"message": "again"}},
+        {"op": "call_tool", "name": "long_list_03"},
     ]);
     for (mode, version) in [("auto", STATELESS), ("legacy", "2025-11-25")] {
         let what = format!("mixed {mode}");
@@ -574,7 +587,7 @@ async fn a_handshake_only_member_serves_stateless_clients_through_sessions_of_th
         assert_eq!(doc["protocol_version"], version, "{what}: {doc:#}");
         assert_eq!(
             name_set(&py_ok(&doc, 0, &what)["tools"], "name"),
-            ["add", "echo"]
+            ["add", "echo", "long_list_03", "slow"]
         );
         assert_eq!(py_ok(&doc, 1, &what)["content"][0]["text"], "old");
         assert_eq!(
@@ -582,6 +595,11 @@ async fn a_handshake_only_member_serves_stateless_clients_through_sessions_of_th
             json!({"sum": 3})
         );
         assert_eq!(py_ok(&doc, 3, &what)["content"][0]["text"], "again");
+        // A handshake member without sessions, answering JSON: no session to open or end.
+        assert_eq!(
+            py_ok(&doc, 4, &what)["content"][0]["text"],
+            "long_list_03 called"
+        );
         let legacy = since(&fed.legacy, l0);
         assert_nothing_local_forwarded(&legacy, &what);
         if version == STATELESS {
@@ -617,7 +635,32 @@ async fn a_handshake_only_member_serves_stateless_clients_through_sessions_of_th
         }
     }
 
-    // The raw stateless call: the member's answer, tagged `resultType`.
+    // Progress of a call to the handshake-only member streams to the stateless client as the
+    // member sends it (the call runs in its own member session, through the router).
+    let doc = python_client(
+        &fed.gw.url(MIXED),
+        &json!([{"op": "call_tool", "name": "slow",
+                 "arguments": {"steps": 5, "interval_ms": 400}}]),
+        &["--mode", "auto", "--header", &fed.py_auth()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(doc["protocol_version"], STATELESS, "{doc:#}");
+    let r = &results(&doc)[0];
+    assert_eq!(
+        py_ok(&doc, 0, "mixed slow")["content"][0]["text"],
+        "done after 5 steps"
+    );
+    let times: Vec<f64> = r["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["t_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(times.len(), 5, "{doc:#}");
+    assert_spread(&times, r["elapsed_s"].as_f64().unwrap(), "mixed slow");
+
+    // The raw stateless call: the member's answer, streamed back as it sent it.
     let raw = Raw {
         client: reqwest::Client::new(),
         url: fed.gw.url(MIXED),
@@ -644,7 +687,10 @@ async fn a_handshake_only_member_serves_stateless_clients_through_sessions_of_th
     let v = reply.json();
     assert_eq!(v["id"], "x1", "{v}");
     assert_eq!(v["result"]["content"][0]["text"], "raw", "{v}");
-    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert!(
+        reply.header("mcp-session-id").is_none(),
+        "the member session's id stays inside: {reply:?}"
+    );
 
     // Stopped, the member answers -32603 naming it; the other member's tool still works.
     let auth = fed.py_auth();
