@@ -252,7 +252,7 @@ pub struct Forward {
     /// The JSON-RPC id, if any.
     pub id: Option<Id>,
     /// A stateless (2026-07-28) request for a member that speaks only the handshake: the
-    /// filter makes the call itself, inside a member session opened for it ([`crate::modern`]).
+    /// filter sends it in a member session opened for it ([`crate::modern`]).
     pub open_member_session: bool,
     /// A request on a virtual server of several members: the ids of server requests in its
     /// response get the member's tag, so the client's answer finds the member ([`crate::ids`]).

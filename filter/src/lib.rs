@@ -45,8 +45,9 @@
 //! - Protocol 2026-07-28 ([`modern`], selected by the `MCP-Protocol-Version` header): no
 //!   sessions; `server/discover` and the lists answered from the policy; the `_meta` envelope
 //!   and the `Mcp-Method`/`Mcp-Name` headers checked with the spec's HTTP statuses; calls
-//!   forwarded as they are to members that speak it, and made by the filter itself, in a member
-//!   session opened for the one request, for members that speak only the handshake.
+//!   forwarded as they are to members that speak it, and, for members that speak only the
+//!   handshake, sent in a member session the filter opens for the one request (and ends when
+//!   the response ends).
 //! - Sessions ([`session`]): the `Mcp-Session-Id` a client gets is sealed by the filter (HMAC
 //!   with the policy's session key) and carries the virtual server, the caller (token id) and
 //!   each member's own upstream session id; a forwarded request carries the member's session
@@ -94,9 +95,11 @@
 //!
 //! # Responses
 //!
-//! Responses stream through unbuffered and unchanged; for calls the filter watches copies of
-//! the chunks to find the outcome (HTTP status >= 400, JSON-RPC `error`, `result.isError:
-//! true`, or no complete response: reset, timeout, client gone).
+//! Responses stream through unbuffered; for calls the filter watches copies of the chunks to
+//! find the outcome (HTTP status >= 400, JSON-RPC `error`, `result.isError: true`, or no
+//! complete response: reset, timeout, client gone). Two rewrites, event by event: on a virtual
+//! server of several members, the ids of server requests get the member's tag ([`ids`]); a
+//! handshake member's answer to a stateless client gets `resultType` ([`modern`]).
 //!
 //! # Stats
 //!
