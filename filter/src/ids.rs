@@ -12,7 +12,7 @@
 //!
 //! Tagging rewrites the event stream only where a server request passes; other events go on
 //! byte for byte. The stream is rewritten event by event, so an event split across chunks is
-//! held until it is complete (events are small; one larger than [`MAX_HELD`] ends the tagging
+//! held until it is complete (events are small; one larger than [`crate::sse::MAX_HELD`] ends the tagging
 //! for that stream, passing everything on as it is).
 
 use serde_json::Value;
