@@ -1007,22 +1007,7 @@ impl Ctx<'_> {
                 Some(i) => self.forward(i, msg, method, None, None, None),
                 None => self.local(msg, method, LocalKind::Empty),
             },
-            _ => match ListKind::of(name) {
-                Some(kind) => {
-                    let cursor = self.params().cursor;
-                    let modern = false;
-                    self.local(
-                        msg,
-                        method,
-                        LocalKind::List {
-                            kind,
-                            cursor,
-                            modern,
-                        },
-                    )
-                }
-                None => self.forward(0, msg, method, None, None, None),
-            },
+            _ => self.list_or_primary(msg, method, name),
         }
     }
 
@@ -1090,23 +1075,28 @@ impl Ctx<'_> {
                 let name = n.to_owned();
                 self.local(msg, method, LocalKind::MethodNotFound { name })
             }
-            _ => match ListKind::of(name) {
-                Some(kind) => {
-                    let cursor = self.params().cursor;
-                    let modern = true;
-                    self.local(
-                        msg,
-                        method,
-                        LocalKind::List {
-                            kind,
-                            cursor,
-                            modern,
-                        },
-                    )
-                }
-                // Anything else (extensions, subscriptions/listen) is the primary member's.
-                None => self.forward(0, msg, method, None, None, None),
-            },
+            _ => self.list_or_primary(msg, method, name),
+        }
+    }
+
+    /// A list, answered from the policy; any other method (extensions, `subscriptions/listen`)
+    /// is the primary member's.
+    fn list_or_primary(&self, msg: &Message<'_>, method: MethodStat, name: &str) -> BodyDecision {
+        match ListKind::of(name) {
+            Some(kind) => {
+                let cursor = self.params().cursor;
+                let modern = self.pending.modern;
+                self.local(
+                    msg,
+                    method,
+                    LocalKind::List {
+                        kind,
+                        cursor,
+                        modern,
+                    },
+                )
+            }
+            None => self.forward(0, msg, method, None, None, None),
         }
     }
 
