@@ -116,7 +116,8 @@ pub struct ServeConfig {
     #[arg(long, env = "TOOLMESH_ALLOWED_HOSTS", value_delimiter = ',', value_parser = parse_allowed_host)]
     pub allowed_hosts: Vec<String>,
     /// How long the filter waits for each member MCP server to open its session when a client
-    /// initializes a virtual server (a member slower than this is unavailable in that session).
+    /// initializes a virtual server (a member slower than this is unavailable in that session),
+    /// and for each step of the session a 2026-07-28 call to a handshake-only member runs in.
     #[arg(long, env = "TOOLMESH_MEMBER_TIMEOUT_MS", default_value_t = toolmesh_proto::DEFAULT_MEMBER_TIMEOUT_MS,
           value_parser = clap::value_parser!(u32).range(1..=600_000))]
     pub member_timeout_ms: u32,

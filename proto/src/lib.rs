@@ -76,7 +76,8 @@ pub struct Sessions {
     /// Keys, newest (sealing) first.
     #[serde(default)]
     pub keys: Vec<SessionKey>,
-    /// How long the filter waits for each member to open its session on `initialize`.
+    /// How long the filter waits for each member to open its session on `initialize`, and for
+    /// each step of the session a stateless call to a handshake-only member runs in.
     #[serde(default = "default_member_timeout_ms")]
     pub member_timeout_ms: u32,
 }
