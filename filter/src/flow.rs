@@ -87,8 +87,6 @@ pub enum CalloutAction {
     /// Apply this route to the paused request and let it go on (a stateless request whose
     /// member session is now open).
     Forward(Route),
-    /// Let the paused response go on (its member session has ended).
-    ResumeResponse,
 }
 
 /// How the shell should handle the response body.
@@ -234,8 +232,6 @@ pub struct Flow {
     result_tagger: Option<crate::modern::ResultTagger>,
     /// A member session opened for this request alone, to end when its response ends.
     session_to_end: Option<SessionToEnd>,
-    /// Its DELETE is out; the response waits for it.
-    ending_session: bool,
 }
 
 /// The property the shell sets once per request for Envoy's access log: filter state
@@ -263,7 +259,6 @@ impl Flow {
             tag_results: false,
             result_tagger: None,
             session_to_end: None,
-            ending_session: false,
             refusal: None,
             caller: String::new(),
             session_id: None,
@@ -770,9 +765,8 @@ impl Flow {
         ))
     }
 
-    /// The response of a request sent in a member session of its own ended: the DELETE that
-    /// ends that session (the shell holds the response's end until it is answered, since the
-    /// end of the stream would cancel it), or `None`.
+    /// The response of a request sent in a member session of its own ended (or its stream
+    /// did): the DELETE that ends that session, once, or `None`.
     pub fn take_session_to_end(&mut self) -> Option<Callout> {
         let end = self.session_to_end.take()?;
         let m = self
@@ -783,7 +777,6 @@ impl Flow {
         if let Some(h) = headers.first_mut() {
             h.1 = "DELETE".to_owned();
         }
-        self.ending_session = true;
         Some(Callout {
             key: 0,
             cluster: Rc::clone(&m.cluster),
@@ -960,11 +953,6 @@ impl Flow {
     ) -> CalloutAction {
         if matches!(self.phase, Phase::Translating(_)) {
             return self.translation_step(response, now_ms);
-        }
-        if self.ending_session {
-            // Whatever the DELETE got: the response goes on.
-            self.ending_session = false;
-            return CalloutAction::ResumeResponse;
         }
         let policy = Rc::clone(&self.policy);
         let Phase::Calling(p) = &mut self.phase else {

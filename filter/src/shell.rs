@@ -383,33 +383,26 @@ impl Http {
                     self.resume_http_request();
                 }
             }
-            CalloutAction::ResumeResponse => {
-                apply_stats(&mut self.flow);
-                self.resume_http_response();
-            }
         }
     }
 
-    /// At the end of a response whose member session was opened for its request alone: send
-    /// that session's DELETE and hold the end of the response until it is answered (ending the
-    /// stream would cancel the call). `Continue` when there is nothing to end.
+    /// At the end of a response whose member session was opened for its request alone (or of
+    /// its stream, if the response never ended): send that session's DELETE. Nothing waits for
+    /// it: the host makes every call on behalf of the plugin's root context
+    /// (`proxy_http_call` uses `root_context()`), so it outlives this stream, and its answer
+    /// is nobody's business.
     fn end_member_session(&mut self) -> Action {
-        let Some(call) = self.flow.take_session_to_end() else {
-            return Action::Continue;
-        };
-        let headers: Vec<(&str, &str)> =
-            call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        let timeout = std::time::Duration::from_millis(u64::from(call.timeout_ms));
-        match hostcalls::dispatch_http_call(&call.cluster, headers, None, Vec::new(), timeout) {
-            Ok(token) => {
-                self.callouts.push((token, call.key));
-                Action::Pause
-            }
-            Err(e) => {
+        if let Some(call) = self.flow.take_session_to_end() {
+            let headers: Vec<(&str, &str)> =
+                call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let timeout = std::time::Duration::from_millis(u64::from(call.timeout_ms));
+            if let Err(e) =
+                hostcalls::dispatch_http_call(&call.cluster, headers, None, Vec::new(), timeout)
+            {
                 warn!("toolmesh: {} could not be sent: {e:?}", call.label);
-                Action::Continue
             }
         }
+        Action::Continue
     }
 
     fn internal_error(&mut self, what: &str) -> Action {
@@ -640,5 +633,8 @@ impl HttpContext for Http {
             self.flow.on_done(now_ms());
             apply_stats(&mut self.flow);
         }
+        // A member session opened for this request whose response never ended (the client or
+        // the upstream went away) is ended all the same.
+        self.end_member_session();
     }
 }

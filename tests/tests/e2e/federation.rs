@@ -660,6 +660,47 @@ async fn a_handshake_only_member_serves_stateless_clients_through_sessions_of_th
     assert_eq!(times.len(), 5, "{doc:#}");
     assert_spread(&times, r["elapsed_s"].as_f64().unwrap(), "mixed slow");
 
+    // A client that gives up in the middle of such a call: the member session is ended anyway.
+    let l0 = fed.legacy.requests().len();
+    let doc = python_client(
+        &fed.gw.url(MIXED),
+        &json!([{"op": "call_tool", "name": "slow",
+                 "arguments": {"steps": 10, "interval_ms": 500}}]),
+        &[
+            "--mode",
+            "auto",
+            "--timeout",
+            "1",
+            "--header",
+            &fed.py_auth(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(results(&doc)[0]["ok"], false, "the client gave up: {doc:#}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = since(&fed.legacy, l0);
+        let opened: Vec<_> = seen
+            .iter()
+            .filter(|r| rpc_method(r) == "notifications/initialized")
+            .filter_map(|r| r.header("mcp-session-id"))
+            .collect();
+        let ended: Vec<_> = seen
+            .iter()
+            .filter(|r| r.method == "DELETE")
+            .filter_map(|r| r.header("mcp-session-id"))
+            .collect();
+        if opened.len() == 1 && ended == opened {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned call's member session was not ended: {seen:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The raw stateless call: the member's answer, streamed back as it sent it.
     let raw = Raw {
         client: reqwest::Client::new(),
