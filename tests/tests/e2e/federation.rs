@@ -576,6 +576,7 @@ async fn a_handshake_only_member_serves_stateless_clients_through_sessions_of_th
     for (mode, version) in [("auto", STATELESS), ("legacy", "2025-11-25")] {
         let what = format!("mixed {mode}");
         let (l0, p0) = (fed.legacy.requests().len(), fed.plain.requests().len());
+        let j0 = fed.legacy_json.requests().len();
         let doc = python_client(
             &fed.gw.url(MIXED),
             &ops,
@@ -599,6 +600,17 @@ async fn a_handshake_only_member_serves_stateless_clients_through_sessions_of_th
         assert_eq!(
             py_ok(&doc, 4, &what)["content"][0]["text"],
             "long_list_03 called"
+        );
+        let sessionless = since(&fed.legacy_json, j0);
+        assert!(
+            sessionless
+                .iter()
+                .all(|r| r.method == "POST" && r.header("mcp-session-id").is_none()),
+            "{what}: {sessionless:#?}"
+        );
+        assert!(
+            sessionless.iter().any(|r| rpc_method(r) == "tools/call"),
+            "{what}: {sessionless:#?}"
         );
         let legacy = since(&fed.legacy, l0);
         assert_nothing_local_forwarded(&legacy, &what);
