@@ -297,6 +297,13 @@ pub enum LocalKind {
     },
     /// DELETE on a virtual server of several members: close every member session.
     CloseSessions,
+    /// A client notification on a virtual server of several members (`notifications/cancelled`,
+    /// `notifications/roots/list_changed`, ...): which member it concerns is unknown, so it goes
+    /// to every member in the client's session (each ignores what is not its own), then 202.
+    Broadcast {
+        /// The notification as the client sent it.
+        body: Vec<u8>,
+    },
 }
 
 /// A request the filter answers itself.
@@ -980,12 +987,13 @@ impl Ctx<'_> {
                 self.local(msg, method, LocalKind::Accepted)
             }
             // A notification: with one member it is that member's business (cancellation,
-            // progress, roots); with several, which member it concerns is unknown.
+            // progress, roots); with several, which member it concerns is unknown: all get it.
             _ if msg.id.is_none() => {
                 if self.vs.members.len() == 1 {
                     self.forward(0, msg, method, None, None, None)
                 } else {
-                    self.local(msg, method, LocalKind::Accepted)
+                    let body = self.body.to_vec();
+                    self.local(msg, method, LocalKind::Broadcast { body })
                 }
             }
             "initialize" => {

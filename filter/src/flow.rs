@@ -125,7 +125,7 @@ enum Slot {
         session_id: String,
         protocol_version: String,
     },
-    /// DELETE sent.
+    /// DELETE (or a client notification) sent.
     Closing,
     /// Nothing more to do.
     Done(MemberSession),
@@ -889,8 +889,16 @@ impl Flow {
                 }
                 RequestAction::Callouts(calls)
             }
-            LocalKind::CloseSessions => {
+            LocalKind::CloseSessions | LocalKind::Broadcast { .. } => {
+                let body = match &l.kind {
+                    LocalKind::Broadcast { body } => Some(body),
+                    _ => None,
+                };
                 let Some(claims) = claims else {
+                    if body.is_some() {
+                        // No session: no member session the notification could concern.
+                        return RequestAction::Deny(Reply::new(202, Vec::new()));
+                    }
                     return RequestAction::Deny(Reply::new(
                         400,
                         crate::jsonrpc::error_body(
@@ -903,34 +911,41 @@ impl Flow {
                 let mut slots = Vec::with_capacity(vs.members.len());
                 let mut calls = Vec::new();
                 for (i, m) in vs.members.iter().enumerate() {
-                    match claims.member(&m.mcp_server) {
+                    let (session_id, version) = match claims.member(&m.mcp_server) {
                         Some(MemberSession::Open {
                             session_id,
                             protocol_version,
-                        }) => {
-                            let mut headers = member_headers(
-                                m,
-                                Some(session_id.as_str()),
-                                Some(protocol_version.as_str()),
-                            );
+                        }) => (Some(session_id.as_str()), Some(protocol_version.as_str())),
+                        // A stateless member gets notifications too, without a session.
+                        Some(MemberSession::Stateless) if body.is_some() => (None, None),
+                        _ => {
+                            slots.push(Slot::Done(MemberSession::Stateless));
+                            continue;
+                        }
+                    };
+                    let mut headers = member_headers(m, session_id, version);
+                    let label = match body {
+                        Some(_) => format!("notification to MCP server '{}'", m.mcp_server),
+                        None => {
                             if let Some(h) = headers.first_mut() {
                                 h.1 = "DELETE".to_owned();
                             }
-                            calls.push(Callout {
-                                key: u32::try_from(i).unwrap_or(u32::MAX),
-                                cluster: Rc::clone(&m.cluster),
-                                headers,
-                                body: None,
-                                timeout_ms: policy.member_timeout_ms,
-                                label: format!("session end at MCP server '{}'", m.mcp_server),
-                            });
-                            slots.push(Slot::Closing);
+                            format!("session end at MCP server '{}'", m.mcp_server)
                         }
-                        _ => slots.push(Slot::Done(MemberSession::Stateless)),
-                    }
+                    };
+                    calls.push(Callout {
+                        key: u32::try_from(i).unwrap_or(u32::MAX),
+                        cluster: Rc::clone(&m.cluster),
+                        headers,
+                        body: body.cloned(),
+                        timeout_ms: policy.member_timeout_ms,
+                        label,
+                    });
+                    slots.push(Slot::Closing);
                 }
                 if calls.is_empty() {
-                    return RequestAction::Deny(Reply::new(200, Vec::new()));
+                    let status = if body.is_some() { 202 } else { 200 };
+                    return RequestAction::Deny(Reply::new(status, Vec::new()));
                 }
                 self.phase = Phase::Calling(LocalCalls {
                     slots,
@@ -1081,6 +1096,7 @@ impl Flow {
                 }
                 reply
             }
+            LocalKind::Broadcast { .. } => Reply::new(202, Vec::new()),
             _ => Reply::new(200, Vec::new()),
         };
         self.phase = Phase::Denied;

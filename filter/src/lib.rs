@@ -39,9 +39,9 @@
 //!   opening each member's session with calls of its own: `initialize` and
 //!   `notifications/initialized`, in parallel, bounded by `sessions.member_timeout_ms`),
 //!   `ping`, every list method (from the catalog definitions in the policy, paginated with
-//!   toolmesh cursors), notifications on a virtual server of several members (202), DELETE on
-//!   one of several members (ends every member session). GET on a virtual server of several
-//!   members is 405.
+//!   toolmesh cursors), DELETE on a virtual server of several members (ends every member
+//!   session); a client notification there is sent to every member (then 202). GET on a
+//!   virtual server of several members is 405.
 //! - Protocol 2026-07-28 ([`modern`], selected by the `MCP-Protocol-Version` header): no
 //!   sessions; `server/discover` and the lists answered from the policy; the `_meta` envelope
 //!   and the `Mcp-Method`/`Mcp-Name` headers checked with the spec's HTTP statuses; calls

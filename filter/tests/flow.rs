@@ -1988,3 +1988,66 @@ fn a_server_request_on_a_federated_virtual_server_is_answered_at_its_member() {
     assert_eq!(&*route(&action).cluster, "up_everything");
     assert_eq!(route(&action).body, None);
 }
+
+#[test]
+fn a_notification_on_a_federated_virtual_server_reaches_every_member_session() {
+    // `everything` opened a session (up-1), `weather` is stateless.
+    let weather = Some(CalloutResponse {
+        status: 200,
+        session_id: None,
+        content_type: Some("application/json"),
+        body: br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"w","version":"1"}}}"#,
+    });
+    let reply = initialize("tok-a", weather);
+    let sid = session_of(&reply);
+    let mut flow = Flow::new(policy());
+    flow.check_token(
+        "demo",
+        &TokenFacts {
+            jti: Some("tok-a".to_string()),
+            ..TokenFacts::default()
+        },
+        0,
+    );
+    let head = RequestHead {
+        session_id: Some(&sid),
+        ..post("/servers/demo/mcp")
+    };
+    flow.on_request_headers(&head, 0);
+    let cancel = br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":4}}"#;
+    let RequestAction::Callouts(calls) = flow.on_request_body(cancel, 0) else {
+        panic!("the notification goes to the members");
+    };
+    assert_eq!(calls.len(), 2, "both members: {calls:?}");
+    for c in &calls {
+        assert_eq!(c.body.as_deref(), Some(&cancel[..]));
+        assert_eq!(c.headers[0], (":method", "POST".into()));
+    }
+    let everything = calls
+        .iter()
+        .find(|c| &*c.cluster == "up_everything")
+        .unwrap();
+    assert!(
+        everything
+            .headers
+            .contains(&("mcp-session-id", "up-1".into())),
+        "in its own session: {:?}",
+        everything.headers
+    );
+    let weather = calls.iter().find(|c| &*c.cluster == "up_weather").unwrap();
+    assert!(
+        !weather.headers.iter().any(|(n, _)| *n == "mcp-session-id"),
+        "a stateless member has none"
+    );
+    assert_eq!(
+        flow.on_callout_response(everything.key, callout_response(202, None, None, b""), 0),
+        CalloutAction::Wait
+    );
+    match flow.on_callout_response(weather.key, None, 0) {
+        CalloutAction::Reply(r) => {
+            assert_eq!(r.status, 202);
+            assert!(r.body.is_empty());
+        }
+        other => panic!("the 202, whatever the members said: {other:?}"),
+    }
+}

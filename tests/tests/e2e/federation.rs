@@ -1230,7 +1230,8 @@ async fn sessions_are_sealed_to_their_virtual_server_and_caller() {
     let (reply, _) = raw.initialize("1999-01-01").await;
     assert_eq!(reply.json()["result"]["protocolVersion"], "2025-11-25");
 
-    // Client notifications on a multi-member virtual server: 202, forwarded nowhere.
+    // `notifications/initialized` on a multi-member virtual server: 202, forwarded nowhere (the
+    // filter sent each member its own).
     let reply = raw
         .post(
             Some(&session),
@@ -1288,6 +1289,36 @@ async fn sessions_are_sealed_to_their_virtual_server_and_caller() {
     assert_eq!(inits[0]["protocolVersion"], "2025-06-18");
     assert_eq!(inits[0]["clientInfo"]["name"], "toolmesh");
     assert_eq!(params_of(&plain, "initialize").len(), 2, "{plain:#?}");
+
+    // A client notification (here a cancellation) goes to every member, each in its own
+    // session, since which one it concerns is unknown; the client gets 202.
+    let (s1, p1) = (fed.stateful.requests().len(), fed.plain.requests().len());
+    let reply = raw
+        .post(
+            Some(&session),
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                   "params": {"requestId": 99, "reason": "changed my mind"}}),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let cancelled = |rs: Vec<RecordedRequest>| -> Vec<RecordedRequest> {
+        rs.into_iter()
+            .filter(|r| rpc_method(r) == "notifications/cancelled")
+            .collect()
+    };
+    let at_stateful = cancelled(since(&fed.stateful, s1));
+    assert_eq!(at_stateful.len(), 1, "{at_stateful:#?}");
+    assert_eq!(
+        at_stateful[0].header("mcp-session-id"),
+        Some(member_session.as_str())
+    );
+    assert_eq!(
+        at_stateful[0].body.as_ref().unwrap()["params"]["requestId"],
+        99
+    );
+    let at_plain = cancelled(since(&fed.plain, p1));
+    assert_eq!(at_plain.len(), 1, "{at_plain:#?}");
+    assert_eq!(at_plain[0].header("mcp-session-id"), None);
     assert_eq!(calls_in(&plain), ["echo"]);
 
     // Tampered, garbage, another virtual server's, another caller's: 404, nothing forwarded.
