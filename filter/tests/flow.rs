@@ -2014,7 +2014,8 @@ fn a_notification_on_a_federated_virtual_server_reaches_every_member_session() {
         ..post("/servers/demo/mcp")
     };
     flow.on_request_headers(&head, 0);
-    let cancel = br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":4}}"#;
+    let cancel =
+        br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":4}}"#;
     let RequestAction::Callouts(calls) = flow.on_request_body(cancel, 0) else {
         panic!("the notification goes to the members");
     };
