@@ -181,6 +181,24 @@ enum Step {
     Notifying { session_id: String, version: String },
 }
 
+/// How a forwarded request's response is rewritten.
+#[derive(Debug, Clone, Copy)]
+enum RewritePlan {
+    /// On a virtual server of several members: the ids of server requests get the member's
+    /// tag ([`crate::ids`]).
+    ServerRequestIds { member: usize },
+    /// A handshake member's answer to a stateless client: its result gets the `resultType`
+    /// 2026-07-28 requires ([`crate::modern::ResultTagger`]).
+    ResultType,
+}
+
+/// A [`RewritePlan`] under way, for the body the response's headers announced.
+#[derive(Debug)]
+enum Rewriter {
+    ServerRequestIds(crate::ids::ServerRequestTagger),
+    ResultType(crate::modern::ResultTagger),
+}
+
 /// A member session opened for one stateless request, ended when the response ends.
 #[derive(Debug)]
 struct SessionToEnd {
@@ -223,13 +241,10 @@ pub struct Flow {
     log_head: LogHead,
     /// The virtual server of the forwarded call (for the caller's `errors`).
     call_vs: Option<usize>,
-    /// Tags server requests in the response ([`crate::ids`]), on a virtual server of several
-    /// members.
-    tagger: Option<crate::ids::ServerRequestTagger>,
-    /// The response answers a stateless client from a handshake member: its result gets the
-    /// `resultType` 2026-07-28 requires ([`crate::modern::ResultTagger`]).
-    tag_results: bool,
-    result_tagger: Option<crate::modern::ResultTagger>,
+    /// How the response is to be rewritten, decided with the route.
+    rewrite: Option<RewritePlan>,
+    /// The rewrite under way, once the response's headers said what its body is.
+    rewriter: Option<Rewriter>,
     /// A member session opened for this request alone, to end when its response ends.
     session_to_end: Option<SessionToEnd>,
 }
@@ -255,9 +270,8 @@ impl Flow {
             stats: Vec::new(),
             call: None,
             response_mode: ResponseBodyMode::Pass,
-            tagger: None,
-            tag_results: false,
-            result_tagger: None,
+            rewrite: None,
+            rewriter: None,
             session_to_end: None,
             refusal: None,
             caller: String::new(),
@@ -426,10 +440,7 @@ impl Flow {
     /// look at the response; the shell skips reading headers otherwise.)
     pub fn wants_response(&self) -> bool {
         matches!(self.phase, Phase::Forwarded)
-            && (self.call.is_some()
-                || self.tagger.is_some()
-                || self.tag_results
-                || self.session_to_end.is_some())
+            && (self.call.is_some() || self.rewrite.is_some() || self.session_to_end.is_some())
     }
 
     /// Is a forwarded call still waiting for the end of its response? ([`Flow::on_done`]
@@ -626,7 +637,7 @@ impl Flow {
             return self.translate(f, body);
         }
         if f.tag_server_requests {
-            self.tagger = Some(crate::ids::ServerRequestTagger::new(f.member));
+            self.rewrite = Some(RewritePlan::ServerRequestIds { member: f.member });
         }
         RequestAction::Forward(f.route)
     }
@@ -695,7 +706,7 @@ impl Flow {
                 version,
             });
             self.strip_session = true;
-            self.tag_results = true;
+            self.rewrite = Some(RewritePlan::ResultType);
             self.phase = Phase::Forwarded;
             CalloutAction::Forward(route)
         };
@@ -1151,20 +1162,21 @@ impl Flow {
             }
             action.body = ResponseBodyMode::Observe;
         }
-        // Server requests ride only on event streams.
-        if kind != BodyKind::Sse || end_of_stream {
-            self.tagger = None;
-        }
-        if self.tag_results && !end_of_stream {
-            self.result_tagger = match kind {
-                BodyKind::Sse => Some(crate::modern::ResultTagger::Events(
-                    crate::sse::EventRewriter::default(),
-                )),
-                BodyKind::Json => Some(crate::modern::ResultTagger::Json(Some(Vec::new()))),
-                BodyKind::Other => None,
-            };
-        }
-        if self.tagger.is_some() || self.result_tagger.is_some() {
+        self.rewriter = match (self.rewrite, kind) {
+            (_, _) if end_of_stream => None,
+            // Server requests ride only on event streams.
+            (Some(RewritePlan::ServerRequestIds { member }), BodyKind::Sse) => Some(
+                Rewriter::ServerRequestIds(crate::ids::ServerRequestTagger::new(member)),
+            ),
+            (Some(RewritePlan::ResultType), BodyKind::Sse) => Some(Rewriter::ResultType(
+                crate::modern::ResultTagger::Events(crate::sse::EventRewriter::default()),
+            )),
+            (Some(RewritePlan::ResultType), BodyKind::Json) => Some(Rewriter::ResultType(
+                crate::modern::ResultTagger::Json(Some(Vec::new())),
+            )),
+            _ => None,
+        };
+        if self.rewriter.is_some() {
             action.body = ResponseBodyMode::Rewrite;
         }
         self.response_mode = action.body;
@@ -1191,10 +1203,10 @@ impl Flow {
     /// In [`ResponseBodyMode::Rewrite`]: the bytes to send instead of `chunk` (`None`: send it
     /// as it is). Call before [`Flow::on_response_body`], which then observes the original.
     pub fn rewrite_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Vec<u8>> {
-        if let Some(t) = self.tagger.as_mut() {
-            return t.push(chunk, end_of_stream);
+        match self.rewriter.as_mut()? {
+            Rewriter::ServerRequestIds(t) => t.push(chunk, end_of_stream),
+            Rewriter::ResultType(t) => t.push(chunk, end_of_stream),
         }
-        self.result_tagger.as_mut()?.push(chunk, end_of_stream)
     }
 
     /// A response body chunk (observed as the upstream sent it).

@@ -260,6 +260,19 @@ impl Context for Http {
     }
 }
 
+/// Send one of the flow's calls; the host's token for its answer.
+fn send_callout(call: &Callout) -> Result<u32, proxy_wasm::types::Status> {
+    let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let timeout = std::time::Duration::from_millis(u64::from(call.timeout_ms));
+    hostcalls::dispatch_http_call(
+        &call.cluster,
+        headers,
+        call.body.as_deref(),
+        Vec::new(),
+        timeout,
+    )
+}
+
 /// A dynamic property as a string (`None` when absent or not UTF-8).
 fn property(path: &[&str]) -> Option<String> {
     match hostcalls::get_property(path.to_vec()) {
@@ -341,16 +354,7 @@ impl Http {
     fn dispatch(&mut self, calls: Vec<Callout>) {
         let mut queue = calls;
         while let Some(call) = queue.pop() {
-            let headers: Vec<(&str, &str)> =
-                call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            let timeout = std::time::Duration::from_millis(u64::from(call.timeout_ms));
-            match hostcalls::dispatch_http_call(
-                &call.cluster,
-                headers,
-                call.body.as_deref(),
-                Vec::new(),
-                timeout,
-            ) {
+            match send_callout(&call) {
                 Ok(token) => self.callouts.push((token, call.key)),
                 Err(e) => {
                     warn!("toolmesh: {} could not be sent: {e:?}", call.label);
@@ -391,18 +395,12 @@ impl Http {
     /// it: the host makes every call on behalf of the plugin's root context
     /// (`proxy_http_call` uses `root_context()`), so it outlives this stream, and its answer
     /// is nobody's business.
-    fn end_member_session(&mut self) -> Action {
-        if let Some(call) = self.flow.take_session_to_end() {
-            let headers: Vec<(&str, &str)> =
-                call.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            let timeout = std::time::Duration::from_millis(u64::from(call.timeout_ms));
-            if let Err(e) =
-                hostcalls::dispatch_http_call(&call.cluster, headers, None, Vec::new(), timeout)
-            {
-                warn!("toolmesh: {} could not be sent: {e:?}", call.label);
-            }
+    fn end_member_session(&mut self) {
+        if let Some(call) = self.flow.take_session_to_end()
+            && let Err(e) = send_callout(&call)
+        {
+            warn!("toolmesh: {} could not be sent: {e:?}", call.label);
         }
-        Action::Continue
     }
 
     fn internal_error(&mut self, what: &str) -> Action {
@@ -589,7 +587,7 @@ impl HttpContext for Http {
             warn!("toolmesh: cannot remove the content-length of a rewritten response: {e:?}");
         }
         if end_of_stream {
-            return self.end_member_session();
+            self.end_member_session();
         }
         Action::Continue
     }
@@ -599,11 +597,10 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         if self.mode == ResponseBodyMode::Pass {
-            return if end_of_stream {
-                self.end_member_session()
-            } else {
-                Action::Continue
-            };
+            if end_of_stream {
+                self.end_member_session();
+            }
+            return Action::Continue;
         }
         let now = if end_of_stream { now_ms() } else { 0 };
         let chunk = if self.flow.wants_response_bytes() {
@@ -618,12 +615,12 @@ impl HttpContext for Http {
             && let Some(new) = self.flow.rewrite_response_body(&chunk, end_of_stream)
             && let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &new)
         {
-            warn!("toolmesh: cannot rewrite the response's server request ids: {e:?}");
+            warn!("toolmesh: cannot rewrite the response body: {e:?}");
         }
         self.flow.on_response_body(&chunk, end_of_stream, now);
         apply_stats(&mut self.flow);
         if end_of_stream {
-            return self.end_member_session();
+            self.end_member_session();
         }
         Action::Continue
     }
