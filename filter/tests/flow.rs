@@ -506,8 +506,8 @@ fn session_of(reply: &Reply) -> String {
         .expect("a session id")
 }
 
-/// A `tools/call` of `tool` on `demo` as caller `jti` with session `sid`.
-fn call_in_session(jti: &str, sid: &str, tool: &str) -> (RequestAction, Vec<Named>) {
+/// A POST to `demo` as caller `jti` with session `sid`, its headers taken: waiting for the body.
+fn session_flow(jti: &str, sid: &str) -> Flow {
     let mut flow = Flow::new(policy());
     flow.check_token(
         "demo",
@@ -522,6 +522,12 @@ fn call_in_session(jti: &str, sid: &str, tool: &str) -> (RequestAction, Vec<Name
         ..post("/servers/demo/mcp")
     };
     assert_eq!(flow.on_request_headers(&head, 0), RequestAction::ReadBody);
+    flow
+}
+
+/// A `tools/call` of `tool` on `demo` as caller `jti` with session `sid`.
+fn call_in_session(jti: &str, sid: &str, tool: &str) -> (RequestAction, Vec<Named>) {
+    let mut flow = session_flow(jti, sid);
     let action = flow.on_request_body(call("4", tool).as_bytes(), 0);
     assert_eq!(
         flow.strips_response_session(),
@@ -1926,20 +1932,7 @@ fn a_server_request_on_a_federated_virtual_server_is_answered_at_its_member() {
     // `forecast` is member 1's (`weather`); its call's event stream carries a sampling request.
     let reply = initialize("tok-a", stateless_answer());
     let sid = session_of(&reply);
-    let mut flow = Flow::new(policy());
-    flow.check_token(
-        "demo",
-        &TokenFacts {
-            jti: Some("tok-a".to_string()),
-            ..TokenFacts::default()
-        },
-        0,
-    );
-    let head = RequestHead {
-        session_id: Some(&sid),
-        ..post("/servers/demo/mcp")
-    };
-    flow.on_request_headers(&head, 0);
+    let mut flow = session_flow("tok-a", &sid);
     let action = flow.on_request_body(call("4", "forecast").as_bytes(), 0);
     assert_eq!(&*route(&action).cluster, "up_weather");
     let headers = flow.on_response_headers(200, Some("text/event-stream"), false, 0);
@@ -1954,16 +1947,7 @@ fn a_server_request_on_a_federated_virtual_server_is_answered_at_its_member() {
     assert_eq!(flow.rewrite_response_body(result.as_bytes(), true), None);
 
     // The client's answer goes to member 1, in member 1's session, with the original id.
-    let mut flow = Flow::new(policy());
-    flow.check_token(
-        "demo",
-        &TokenFacts {
-            jti: Some("tok-a".to_string()),
-            ..TokenFacts::default()
-        },
-        0,
-    );
-    flow.on_request_headers(&head, 0);
+    let mut flow = session_flow("tok-a", &sid);
     let action = flow.on_request_body(
         br#"{"jsonrpc":"2.0","id":"tm.1.0","result":{"role":"assistant","content":{"type":"text","text":"hi"}}}"#,
         0,
@@ -1974,16 +1958,7 @@ fn a_server_request_on_a_federated_virtual_server_is_answered_at_its_member() {
     assert_eq!(body["id"], 0);
     assert_eq!(body["result"]["content"]["text"], "hi");
     // An answer without a tag still goes to the primary.
-    let mut flow = Flow::new(policy());
-    flow.check_token(
-        "demo",
-        &TokenFacts {
-            jti: Some("tok-a".to_string()),
-            ..TokenFacts::default()
-        },
-        0,
-    );
-    flow.on_request_headers(&head, 0);
+    let mut flow = session_flow("tok-a", &sid);
     let action = flow.on_request_body(br#"{"jsonrpc":"2.0","id":0,"result":{}}"#, 0);
     assert_eq!(&*route(&action).cluster, "up_everything");
     assert_eq!(route(&action).body, None);
@@ -2000,20 +1975,7 @@ fn a_notification_on_a_federated_virtual_server_reaches_every_member_session() {
     });
     let reply = initialize("tok-a", weather);
     let sid = session_of(&reply);
-    let mut flow = Flow::new(policy());
-    flow.check_token(
-        "demo",
-        &TokenFacts {
-            jti: Some("tok-a".to_string()),
-            ..TokenFacts::default()
-        },
-        0,
-    );
-    let head = RequestHead {
-        session_id: Some(&sid),
-        ..post("/servers/demo/mcp")
-    };
-    flow.on_request_headers(&head, 0);
+    let mut flow = session_flow("tok-a", &sid);
     let cancel =
         br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":4}}"#;
     let RequestAction::Callouts(calls) = flow.on_request_body(cancel, 0) else {
