@@ -174,3 +174,38 @@ pub async fn spawn_test_server_process(args: &[&str]) -> anyhow::Result<(ChildPr
         .to_owned();
     Ok((process, url))
 }
+
+/// When the client saw each progress notification of one call (seconds), from a client's
+/// `progress` list: the Python client records `t_s`, the TypeScript client `t`.
+pub fn progress_times(progress: &Value, key: &str) -> Vec<f64> {
+    progress
+        .as_array()
+        .unwrap_or_else(|| panic!("no progress list: {progress}"))
+        .iter()
+        .map(|p| p[key].as_f64().unwrap_or_else(|| panic!("no {key}: {p}")))
+        .collect()
+}
+
+/// The five progress notifications of the test server's `slow` tool (sent ~0.4 s apart)
+/// reached the client as they were sent: at least 1 s from first to last, at least 0.15 s
+/// apart, and, when `result_at` (when the result arrived) is given, the first at least 1 s
+/// before the result. Buffering would deliver them together at the end.
+pub fn assert_progress_streamed(times: &[f64], result_at: Option<f64>, what: &str) {
+    assert_eq!(times.len(), 5, "{what}: {times:?}");
+    if let (Some(result_at), Some(first)) = (result_at, times.first()) {
+        assert!(
+            result_at - first >= 1.0,
+            "{what}: first progress at {first:.2}s, result at {result_at:.2}s: buffered?"
+        );
+    }
+    assert!(
+        times[4] - times[0] >= 1.0,
+        "{what}: progress arrived in a burst: {times:?}"
+    );
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 0.15,
+            "{what}: progress not spread over time: {times:?}"
+        );
+    }
+}
