@@ -1021,8 +1021,9 @@ impl Ctx<'_> {
 
     /// A request on the stateless protocol (2026-07-28, [`crate::modern`]): the spec's checks
     /// in its order (single request or notification; `_meta` envelope; `MCP-Protocol-Version`,
-    /// `Mcp-Method`, `Mcp-Name` agree with the body; a version the virtual server speaks), then
-    /// the same routing and allowlist as the handshake protocol, with no session.
+    /// `Mcp-Method`, `Mcp-Name` agree with the body — the header selected this path, so the
+    /// version is one the gateway speaks), then the same routing and allowlist as the handshake
+    /// protocol, with no session.
     fn decide_modern(&self, msg: &Message<'_>, method: MethodStat) -> BodyDecision {
         let id = msg.id.as_ref();
         let header_version = self.pending.protocol_version.as_deref().unwrap_or_default();
